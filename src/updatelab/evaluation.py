@@ -1,0 +1,85 @@
+"""Ask an updated system every question and score the answers — the same for every arm."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from updatelab.data.update import Question
+from updatelab.metrics import qa
+from updatelab.metrics.cost import forward_flops, non_embedding_params
+from updatelab.metrics.retrieval import mrr, recall_at_k
+from updatelab.models.lm import PromptBuilder, generate
+from updatelab.retrieval.index import search
+from updatelab.strategies.base import RunContext, System
+
+
+def prompt_builder(eval_cfg: Any) -> PromptBuilder:
+    return PromptBuilder(system=eval_cfg.system_prompt, rag_user=eval_cfg.rag_user, closed_user=eval_cfg.closed_user)
+
+
+def retrieve(system: System, questions: Sequence[Question], k: int, ctx: RunContext) -> list[list[int]]:
+    with ctx.ledger.phase("retrieve") as ph:
+        qvecs, tokens = system.embedder.encode([system.embedder.query_prefix + q.question for q in questions])
+        _, ids = search(system.index, qvecs, k)
+        ph.tokens += tokens
+        ph.flops += 2.0 * sum(p.numel() for p in system.embedder.model.parameters()) * tokens
+    return [[int(i) for i in row if i >= 0] for row in ids]
+
+
+def evaluate(system: System, questions: Sequence[Question], ctx: RunContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    cfg = ctx.cfg.eval
+    builder = prompt_builder(cfg)
+    retrieved: list[list[str]] | None = None
+    passages: list[list[str] | None] = [None] * len(questions)
+    if system.use_retrieval:
+        hits = retrieve(system, questions, cfg.top_k, ctx)
+        retrieved = [[system.docs[i].doc_id for i in row] for row in hits]
+        passages = [[system.docs[i].text for i in row] for row in hits]
+    prompts = [builder.render(system.tokenizer, q.question, p) for q, p in zip(questions, passages)]
+    with ctx.ledger.phase("generate") as ph:
+        answers, gstats = generate(
+            system.lm, system.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+            autocast=cfg.autocast, progress=ctx.progress, desc=f"answer ({len(prompts)} questions)",
+        )
+        ph.tokens += gstats.prompt_tokens + gstats.generated_tokens
+        ph.flops += forward_flops(non_embedding_params(system.lm), gstats.prompt_tokens + gstats.generated_tokens)
+        n = max(len(questions), 1)
+        ph.extra.update(
+            queries=len(questions), prompt_tokens=gstats.prompt_tokens, generated_tokens=gstats.generated_tokens,
+            prompt_tokens_per_query=gstats.prompt_tokens / n,
+            latency_ms_mean=1000 * float(np.mean(gstats.latencies_s)) if gstats.latencies_s else 0.0,
+        )
+
+    predictions = []
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        golds = [q.answer, *q.aliases]
+        s = qa.score(a, golds)
+        row = {"qid": q.qid, "split": q.split, "question": q.question, "gold": q.answer, "prediction": a,
+               "correct": bool(s["contains"]), **s}
+        if retrieved is not None:
+            row["retrieved"] = retrieved[i]
+            row["gold_doc"] = q.doc_id
+        predictions.append(row)
+    return split_metrics(predictions, cfg.top_k, retrieved is not None), predictions
+
+
+def split_metrics(predictions: Sequence[dict[str, Any]], k: int, with_retrieval: bool) -> dict[str, Any]:
+    by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in predictions:
+        by_split[p["split"]].append(p)
+    metrics: dict[str, Any] = {}
+    for split, rows in by_split.items():
+        metrics[split] = {m: float(np.mean([r[m] for r in rows])) for m in ("em", "f1", "contains")}
+        lo, hi = qa.bootstrap_ci([r["contains"] for r in rows])
+        metrics[split].update(n=len(rows), contains_ci=[lo, hi])
+    if with_retrieval:
+        rows = [p for p in predictions if p.get("gold_doc")]
+        metrics["retrieval"] = {
+            f"recall@{k}": recall_at_k([r["retrieved"] for r in rows], [r["gold_doc"] for r in rows], k),
+            "mrr": mrr([r["retrieved"] for r in rows], [r["gold_doc"] for r in rows]),
+            "n": len(rows),
+        }
+    return metrics

@@ -1,0 +1,66 @@
+"""Answer scoring, defined once (SQuAD-style normalisation), used by every arm and the report."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Sequence
+
+import numpy as np
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, drop punctuation and articles, squeeze white space (SQuAD v1.1 evaluate.py)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in golds))
+
+
+def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    same = sum(common.values())
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    pred = normalize_answer(prediction).split()
+    return max(_f1(pred, normalize_answer(g).split()) for g in golds)
+
+
+def contains(prediction: str, golds: Sequence[str]) -> float:
+    """Gold string inside the normalised prediction, on word boundaries.
+
+    Small instruct models answer in sentences ("Lorna was born in Oslo."), which exact match
+    scores as wrong; this is the headline accuracy, with EM and F1 reported beside it.
+    """
+    pred = f" {normalize_answer(prediction)} "
+    return float(any(normalize_answer(g) and f" {normalize_answer(g)} " in pred for g in golds))
+
+
+def score(prediction: str, golds: Sequence[str]) -> dict[str, float]:
+    return {"em": exact_match(prediction, golds), "f1": token_f1(prediction, golds), "contains": contains(prediction, golds)}
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap over questions for the mean of per-question scores."""
+    vals = np.asarray(values, dtype=float)
+    if len(vals) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = vals[rng.integers(0, len(vals), size=(n_boot, len(vals)))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))

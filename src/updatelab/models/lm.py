@@ -1,0 +1,129 @@
+"""Loading the LM and answering questions by batched greedy generation."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def autocast_context(device: str | torch.device, dtype_name: str | None):
+    """bf16 autocast where asked for (this CPU runs bf16 matmuls ~3x faster than fp32)."""
+    if not dtype_name or dtype_name in ("float32", "fp32", "none"):
+        return contextlib.nullcontext()
+    dtype = getattr(torch, dtype_name)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def load_lm(path: str, cfg: Mapping[str, Any], device: str = "cpu"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trust = bool(cfg.get("trust_remote_code", False))
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, cfg.get("dtype", "float32")), trust_remote_code=trust
+    )
+    model.to(device).eval()
+    return model, tokenizer
+
+
+@dataclass
+class PromptBuilder:
+    """One prompt format for every arm, so that arms differ only in strategy.
+
+    The instruct model needs its chat template; a system turn asking for only the answer
+    keeps it from restating the passage (measured: ~21% -> ~60% answers containing the gold
+    string with perfect retrieval).
+    """
+
+    system: str
+    rag_user: str
+    closed_user: str
+
+    def messages(self, question: str, passages: Sequence[str] | None) -> list[dict[str, str]]:
+        if passages is None:
+            user = self.closed_user.format(question=question)
+        else:
+            context = "\n".join(f"[{i + 1}] {p}" for i, p in enumerate(passages))
+            user = self.rag_user.format(question=question, context=context)
+        msgs = [{"role": "user", "content": user}]
+        if self.system:
+            msgs.insert(0, {"role": "system", "content": self.system})
+        return msgs
+
+    def render(self, tokenizer, question: str, passages: Sequence[str] | None) -> str:
+        return tokenizer.apply_chat_template(
+            self.messages(question, passages), tokenize=False, add_generation_prompt=True
+        )
+
+
+@dataclass
+class GenerationStats:
+    prompts: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    wall_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)  # per prompt, amortised within a batch
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    autocast: str | None = "bfloat16",
+    progress: bool = True,
+    desc: str = "generate",
+) -> tuple[list[str], GenerationStats]:
+    """Greedy answers for chat-rendered prompts, in input order.
+
+    Prompts are sorted by length so that left padding wastes little compute; one `generate`
+    call per batch is ~2.5x faster than one per prompt on this CPU.
+    """
+    device = next(model.parameters()).device
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
+    answers: list[str] = [""] * len(prompts)
+    stats = GenerationStats(prompts=len(prompts), latencies_s=[0.0] * len(prompts))
+    pad_id = tokenizer.pad_token_id
+    eos_ids = model.generation_config.eos_token_id
+    start = time.perf_counter()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        width = max(len(enc[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, width - len(enc[i]) :] = torch.tensor(enc[i])
+            mask[row, width - len(enc[i]) :] = 1
+        t0 = time.perf_counter()
+        with autocast_context(device, autocast):
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=pad_id,
+                eos_token_id=eos_ids,
+            )
+        dt = time.perf_counter() - t0
+        new = out[:, width:]
+        for row, i in enumerate(batch):
+            toks = new[row]
+            stop = (toks == pad_id).nonzero()
+            n_gen = int(stop[0]) if len(stop) else len(toks)
+            stats.generated_tokens += n_gen
+            stats.prompt_tokens += len(enc[i])
+            stats.latencies_s[i] = dt / len(batch)
+            answers[i] = tokenizer.decode(toks[:n_gen], skip_special_tokens=True).strip()
+    stats.wall_s = time.perf_counter() - start
+    return answers, stats

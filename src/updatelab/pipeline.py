@@ -1,0 +1,106 @@
+"""The loop every arm goes through: update -> strategy -> evaluate -> record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from updatelab.data.update import KnowledgeUpdate
+from updatelab.evaluation import evaluate
+from updatelab.measure_shift import ShiftProbe
+from updatelab.metrics.cost import CostLedger, add_serving_per_1k
+from updatelab.models.lm import load_lm
+from updatelab.models.registry import resolve_embedder, resolve_lm
+from updatelab.retrieval.embedder import EmbeddingCache, build_embedder
+from updatelab.strategies.base import RunContext, Strategy, System, index_documents
+from updatelab.tracking import wandb_run as wb
+from updatelab.tracking.results import write_results
+
+log = logging.getLogger("updatelab")
+
+
+def load_knowledge_update(data_cfg: DictConfig, data_dir: str | Path) -> KnowledgeUpdate:
+    from updatelab.data.load import load_update
+
+    if data_cfg.source == "synthetic":
+        from updatelab.data.synthetic import ensure_generated
+
+        params = OmegaConf.to_container(data_cfg.generator, resolve=True)
+        folder = ensure_generated(data_dir, **params)
+        return load_update(source="local", path=folder)
+    if data_cfg.source == "local":
+        return load_update(source="local", path=data_cfg.path)
+    if data_cfg.source == "hub":
+        files = OmegaConf.to_container(data_cfg.data_files, resolve=True) if data_cfg.get("data_files") else None
+        return load_update(source="hub", path=data_cfg.path, data_files=files)
+    raise ValueError(f"unknown data source {data_cfg.source!r}; valid: synthetic, local, hub")
+
+
+def build_base_system(cfg: DictConfig, update: KnowledgeUpdate, cache: EmbeddingCache | None, embedder, out_dir: Path) -> tuple[System, CostLedger, Any]:
+    """The system before the update: base LM, frozen embedder, index over KB v0.
+
+    Its cost is setup, not update cost: every arm starts from it (and the embeddings are
+    cached, so matched arms compute them once).
+    """
+    lm_path = resolve_lm(cfg.model, cfg.paths.cache_dir)
+    lm, tokenizer = load_lm(lm_path, cfg.model, device=cfg.device)
+    setup = CostLedger(cfg.costs, cfg.device)
+    ctx = RunContext(cfg=cfg, ledger=setup, embedding_cache=cache, out_dir=out_dir, seed=cfg.seed, progress=cfg.progress)
+    base = index_documents(System(lm=lm, tokenizer=tokenizer, embedder=embedder), update.kb_v0, ctx, kb_version="v0")
+    return base, setup, ctx.notes.get("embed_stats", [None])[0]
+
+
+def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_dir: Path) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    t_start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    with wb.wandb_run(cfg.logger, resolved, run_id, out_dir) as run:
+        update = load_knowledge_update(cfg.data, cfg.paths.data_dir)
+        log.info("[%s] knowledge update %s: KB v0 %d docs -> v1 %d docs, %d questions",
+                 run_id, update.name, len(update.kb_v0), len(update.kb_v1), len(update.questions))
+        embedder = build_embedder(resolve_embedder(cfg.embedder), cfg.embedder, device=cfg.device)
+        cache = EmbeddingCache(cfg.paths.cache_dir, embedder.fingerprint)
+        base, setup, base_embed = build_base_system(cfg, update, cache, embedder, out_dir)
+
+        ledger = CostLedger(cfg.costs, cfg.device)
+        ctx = RunContext(cfg=cfg, ledger=ledger, embedding_cache=cache, out_dir=out_dir, seed=cfg.seed,
+                         artifact_dir=target.with_suffix(""), logger=wb.lightning_logger(run), progress=cfg.progress)
+        ctx.notes["base_embed_stats"] = base_embed
+        probe = ShiftProbe(cfg, base, update) if cfg.shift.enabled else None
+        log.info("[%s] applying strategy %s", run_id, strategy.name)
+        updated = strategy.apply(base, update, ctx)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same decoding state for every arm
+        metrics, predictions = evaluate(updated, update.questions, ctx)
+        if probe is not None:
+            ctx.notes["shift"] = probe.measure(updated, update, ctx)
+        add_serving_per_1k(ledger, len(update.questions))
+
+        record = {
+            "experiment": cfg.name,
+            "run_id": run_id,
+            "strategy": strategy.name,
+            "seed": int(cfg.seed),
+            "data_fingerprint": update.fingerprint,
+            "config": resolved,
+            "metrics": metrics,
+            "cost": ledger.as_dict(),
+            "setup": {**setup.as_dict(), "cell_wall_s": time.perf_counter() - t_start},
+            "shift": ctx.notes.get("shift", {}),
+            "artifacts": ctx.notes.get("artifacts", {}),
+            "predictions": predictions,
+            "output_dir": str(out_dir),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        wb.log_summary(run, {"metrics": metrics, "cost": record["cost"]})
+        wb.log_predictions(run, predictions)
+        write_results(target, record)
+        log.info("[%s] done: %s", run_id, target)
+    return record

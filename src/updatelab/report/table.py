@@ -1,0 +1,88 @@
+"""The comparison table `make run` prints: one row per strategy, averaged over seeds."""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from updatelab.tracking.results import load_results
+
+SPLITS = ("updated", "paraphrased", "unchanged", "general")
+STRATEGY_ORDER = ("stale", "reembed", "lora", "lora_rag")
+
+
+def _get(d: dict[str, Any], path: str, default: Any = None) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return default
+        d = d[part]
+    return d
+
+
+def _mean(values: Sequence[Any]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per strategy: means over seeds of the headline numbers."""
+    by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_strategy[r["strategy"]].append(r)
+    order = sorted(by_strategy, key=lambda s: (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s))
+    rows = []
+    for s in order:
+        rs = by_strategy[s]
+        k = _get(rs[0], "config.eval.top_k", 3)
+        row: dict[str, Any] = {"strategy": s, "seeds": len(rs)}
+        for split in SPLITS:
+            row[split] = _mean([_get(r, f"metrics.{split}.contains") for r in rs])
+        row[f"recall@{k}"] = _mean([_get(r, f"metrics.retrieval.recall@{k}") for r in rs])
+        row["cka_mean"] = _mean([_get(r, "shift.lm.cka_mean") for r in rs])
+        row["cka_min"] = _mean([_get(r, "shift.lm.cka_min") for r in rs])
+        row["update_s"] = _mean([_get(r, "cost.update_total.wall_s") for r in rs])
+        row["serve_s_per_1k"] = _mean([_get(r, "cost.serving_per_1k.wall_s") for r in rs])
+        row["wall_s"] = _mean([_get(r, "cost.total.wall_s") for r in rs])
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "–"
+    if pct:
+        return f"{100 * v:.1f}"
+    return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def render(rows: Sequence[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, caption="accuracy = gold answer contained in the generated answer (%), mean over seeds")
+    cols = [c for c in rows[0].keys()] if rows else []
+    for c in cols:
+        table.add_column(c, justify="left" if c == "strategy" else "right")
+    for row in rows:
+        table.add_row(*[_fmt(row[c], pct=c in SPLITS or c.startswith("recall@")) for c in cols])
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--experiment", default="default")
+    ap.add_argument("--results-dir", default="results")
+    args = ap.parse_args(argv)
+    records = load_results(args.results_dir, args.experiment)
+    console = Console()
+    if not records:
+        console.print(f"no results in {Path(args.results_dir) / args.experiment}")
+        return
+    console.print(render(summarise(records), f"updatelab — experiment '{args.experiment}'"))
+
+
+if __name__ == "__main__":
+    main()

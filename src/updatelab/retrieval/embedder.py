@@ -1,0 +1,196 @@
+"""A frozen sentence embedder with a content-addressed cache, so re-embedding is incremental.
+
+We run the transformer ourselves rather than through `SentenceTransformer.encode` because
+the hot path needs two things it does not do by default: bf16 autocast (this CPU runs bf16
+matmuls ~3x faster; cosine to fp32 >= 0.9999) and a cache keyed by the hash of each text.
+Pooling follows the model folder's sentence-transformers config, so the vectors are the
+model's own (mean pooling + L2 normalisation for all-MiniLM-L6-v2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from updatelab.models.lm import autocast_context
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _pooling_mode(path: str) -> str:
+    cfg_file = Path(path) / "1_Pooling" / "config.json"
+    if not cfg_file.exists():
+        return "mean"
+    cfg = json.loads(cfg_file.read_text())
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    if cfg.get("pooling_mode_max_tokens"):
+        return "max"
+    return "mean"
+
+
+class Embedder:
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        max_length: int = 256,
+        batch_size: int = 64,
+        autocast: str | None = "bfloat16",
+        normalize: bool = True,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        query_prefix: str = "",
+        doc_prefix: str = "",
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name, self.path = name, path
+        self.max_length, self.batch_size = max_length, batch_size
+        self.autocast, self.normalize, self.device = autocast, normalize, device
+        self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
+        self.pooling = _pooling_mode(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).to(device).eval()
+        self.dim = int(self.model.config.hidden_size)
+
+    @property
+    def fingerprint(self) -> str:
+        """What produced a vector: a cached vector is valid only for the same fingerprint."""
+        key = json.dumps(
+            [self.name, self.pooling, self.max_length, self.autocast, self.normalize, self.doc_prefix],
+            sort_keys=True,
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], progress: bool = False, desc: str = "embed") -> tuple[np.ndarray, int]:
+        """Vectors (float32, n x dim) in input order, and the number of real tokens processed."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out, 0
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        # Sorting by length keeps padding (wasted compute) small.
+        order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
+        tokens = 0
+        pad = self.tokenizer.pad_token_id or 0
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            width = max(len(enc[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : len(enc[i])] = torch.tensor(enc[i])
+                mask[row, : len(enc[i])] = 1
+            tokens += int(mask.sum())
+            with autocast_context(self.device, self.autocast):
+                hidden = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            hidden = hidden.float()
+            m = mask.to(hidden.device).unsqueeze(-1).float()
+            if self.pooling == "cls":
+                vec = hidden[:, 0]
+            elif self.pooling == "max":
+                vec = hidden.masked_fill(m == 0, -1e9).max(dim=1).values
+            else:
+                vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+            if self.normalize:
+                vec = torch.nn.functional.normalize(vec, dim=-1)
+            out[batch] = vec.cpu().numpy()
+        return out, tokens
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        return self.encode([self.query_prefix + q for q in queries])[0]
+
+
+class EmbeddingCache:
+    """Vectors keyed by (embedder fingerprint, sha256 of text), stored as atomic npz shards.
+
+    Shards (one per write) let concurrent sweep cells add vectors without locks: a shard
+    appears whole via rename or not at all.
+    """
+
+    def __init__(self, root: str | Path, fingerprint: str):
+        self.dir = Path(root) / "embeddings" / fingerprint
+        self._mem: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._mem is None:
+            self._mem = {}
+            if self.dir.exists():
+                for shard in sorted(self.dir.glob("*.npz")):
+                    with np.load(shard) as z:
+                        for h, v in zip(z["hashes"], z["vectors"]):
+                            self._mem[str(h)] = v
+        return self._mem
+
+    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        mem = self._load()
+        return {h: mem[h] for h in hashes if h in mem}
+
+    def put(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        if not len(hashes):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()[:20]
+        fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=self.dir)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, hashes=np.array(list(hashes)), vectors=vectors.astype(np.float32))
+        os.replace(tmp, self.dir / f"{name}.npz")
+        mem = self._load()
+        for h, v in zip(hashes, vectors):
+            mem[h] = v
+
+
+@dataclass
+class EmbedStats:
+    n_docs: int
+    n_embedded: int  # computed now
+    n_cached: int  # taken from the cache
+    tokens: int
+    wall_s: float
+
+
+def embed_documents(
+    embedder: Embedder, cache: EmbeddingCache | None, texts: Sequence[str], progress: bool = True, desc: str = "embed"
+) -> tuple[np.ndarray, EmbedStats]:
+    """Embed only texts whose content hash is not cached; the rest come from the cache."""
+    t0 = time.perf_counter()
+    texts = [embedder.doc_prefix + t for t in texts]
+    hashes = [text_hash(t) for t in texts]
+    known = cache.get(hashes) if cache is not None else {}
+    missing = sorted({h: i for i, h in enumerate(hashes) if h not in known}.values())
+    fresh, tokens = embedder.encode([texts[i] for i in missing], progress=progress, desc=desc)
+    if cache is not None:
+        cache.put([hashes[i] for i in missing], fresh)
+    by_hash = dict(known)
+    by_hash.update({hashes[i]: fresh[j] for j, i in enumerate(missing)})
+    vectors = np.stack([by_hash[h] for h in hashes]).astype(np.float32) if texts else np.zeros((0, embedder.dim), np.float32)
+    stats = EmbedStats(len(texts), len(missing), len(texts) - len(missing), tokens, time.perf_counter() - t0)
+    return vectors, stats
+
+
+def build_embedder(path: str, cfg: Mapping[str, Any], device: str = "cpu") -> Embedder:
+    return Embedder(
+        path,
+        name=cfg["name"],
+        max_length=cfg.get("max_length", 256),
+        batch_size=cfg.get("batch_size", 64),
+        autocast=cfg.get("autocast", "bfloat16"),
+        normalize=cfg.get("normalize", True),
+        device=device,
+        trust_remote_code=cfg.get("trust_remote_code", False),
+        query_prefix=cfg.get("query_prefix", ""),
+        doc_prefix=cfg.get("doc_prefix", ""),
+    )

@@ -1,0 +1,85 @@
+"""Run one matched cell: build the base system, apply a strategy, evaluate, record.
+
+    updatelab strategy=reembed seed=1             # one cell
+    updatelab -m strategy=stale,reembed,lora      # matched arms (Hydra multirun)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("updatelab")
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+# Groups every arm shares; a strategy adds the groups it uses (LoRA: adapter, trainer).
+SHARED_KEYS = ("name", "seed", "model", "embedder", "data", "index", "eval", "shift")
+
+if not OmegaConf.has_resolver("ul.uid"):
+    OmegaConf.register_new_resolver("ul.uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
+
+
+def cell_config(cfg: DictConfig) -> dict[str, Any]:
+    """The part of the config that defines a cell's result (not paths, logging or verbosity)."""
+    from hydra.utils import get_class
+
+    keys = list(SHARED_KEYS) + ["strategy"] + list(getattr(get_class(cfg.strategy._target_), "config_groups", ()))
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k] for k in keys}
+
+
+def run_id_for(cfg: DictConfig) -> str:
+    """Deterministic, so that a re-run finds a finished cell's results file and skips it."""
+    digest = hashlib.sha256(json.dumps(cell_config(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.strategy.name}_s{cfg.seed}_{digest}"
+
+
+def output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # called outside @hydra.main (tests compose configs directly)
+        return Path("outputs")
+
+
+def run_cell(cfg: DictConfig) -> dict[str, Any] | None:
+    import torch
+    from hydra.utils import instantiate
+
+    from updatelab.pipeline import execute
+    from updatelab.tracking.results import results_path
+
+    run_id = run_id_for(cfg)
+    target = results_path(cfg.paths.results_dir, cfg.name, run_id)
+    if target.exists() and not cfg.force:
+        log.info("cell %s already done (%s); skipping (force=true re-runs it)", run_id, target)
+        return None
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    strategy = instantiate(cfg.strategy)
+    return execute(cfg, strategy, run_id, target, output_dir())
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_cell(cfg)
+
+
+def main() -> None:
+    from updatelab.config_check import check_overrides
+
+    check_overrides()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

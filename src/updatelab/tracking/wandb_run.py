@@ -1,0 +1,75 @@
+"""One W&B run per matched cell: group = experiment, job_type = strategy.
+
+Offline by default (no account needed; `wandb sync` uploads later), `disabled` in tests.
+The run is always finished — with a non-zero exit code when the cell fails — so that an
+interrupted sweep never leaves a run that looks alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import wandb
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "/"))
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[key] = v
+    return out
+
+
+@contextlib.contextmanager
+def wandb_run(cfg: Mapping[str, Any], config: Mapping[str, Any], run_id: str, out_dir: Path) -> Iterator[Any]:
+    mode = cfg.get("mode", "offline") if cfg.get("enabled", True) else "disabled"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run = wandb.init(
+        project=cfg.get("project", "updatelab"),
+        entity=cfg.get("entity") or None,
+        group=config["name"],
+        job_type=config["strategy"]["name"],
+        name=run_id,
+        # A fresh W&B id per attempt: a re-run of a failed cell must not append to a dead run.
+        config=dict(config),
+        tags=list(cfg.get("tags") or []),
+        mode=mode,
+        dir=str(out_dir),
+        reinit="finish_previous",
+    )
+    try:
+        yield run
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    else:
+        run.finish()
+
+
+def log_summary(run: Any, metrics: Mapping[str, Any]) -> None:
+    """Nested metrics become slash-separated summary keys (`metrics/updated/contains`)."""
+    for k, v in _flatten(metrics).items():
+        run.summary[k] = v
+
+
+def log_predictions(run: Any, predictions: list[Mapping[str, Any]]) -> None:
+    if not predictions:
+        return
+    columns = list(predictions[0].keys())
+    table = wandb.Table(columns=columns, data=[[p.get(c) if not isinstance(p.get(c), (list, dict)) else str(p.get(c)) for c in columns] for p in predictions])
+    run.log({"predictions": table})
+
+
+def lightning_logger(run: Any):
+    """A Lightning WandbLogger writing into the cell's run (None when W&B is disabled)."""
+    if run is None or getattr(run, "disabled", False) or run.settings.mode == "disabled":
+        return None
+    from pytorch_lightning.loggers import WandbLogger
+
+    return WandbLogger(experiment=run)

@@ -1,0 +1,35 @@
+"""Tests run offline, with W&B disabled, deterministic and on the CPU."""
+
+import os
+from pathlib import Path
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# The converted model and cached embeddings are shared with `make run`: the conversion is a
+# one-off ~30 s, not something every test session should pay.
+SHARED_CACHE = REPO / ".cache" / "updatelab"
+
+
+@pytest.fixture
+def compose_cfg(tmp_path, monkeypatch):
+    """Compose the real config tree with overrides, rooted in a temporary folder."""
+    from hydra import compose, initialize_config_dir
+
+    from updatelab.run import CONFIG_DIR
+
+    monkeypatch.setenv("UPDATELAB_ROOT", str(tmp_path))
+
+    def _compose(*overrides: str):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(
+                "config",
+                overrides=[f"paths.cache_dir={SHARED_CACHE}", f"paths.data_dir={tmp_path / 'data'}", "logger=none", "progress=false", *overrides],
+            )
+
+    return _compose

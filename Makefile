@@ -18,7 +18,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export PYTHONWARNINGS ?= ignore
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test sweep report bench clean
+.PHONY: help setup run test sweep report bench clean chromium
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -38,8 +38,12 @@ run: $(STAMP) ## Run the default matched experiment (all arms, one seed) and pri
 	$(PY) -m updatelab.run -m strategy=$(ARMS) $(ARGS)
 	$(PY) -m updatelab.report.table --experiment default
 
-test: $(STAMP) ## Run the test suite (offline, W&B disabled)
+test: $(STAMP) chromium ## Run the test suite (offline, W&B disabled)
 	WANDB_MODE=disabled $(PY) -m pytest $(ARGS)
+
+# The dashboard test renders the page in headless Chromium (Debian's package).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 sweep: $(STAMP) ## Run a matched grid: make sweep EXP=update_strategies (re-runs finish only missing cells)
 	$(PY) -m updatelab.run -m experiment=$(EXP) $(ARGS)

@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from updatelab.data.update import KnowledgeUpdate
 from updatelab.metrics import shift as sh
-from updatelab.retrieval.embedder import embed_documents
 from updatelab.strategies.base import RunContext, System
 
 
@@ -41,6 +40,7 @@ class ShiftProbe:
                             OmegaConf.to_container(self.s, resolve=True), self.texts]
         self.base_lm = sh.cached_states(cfg.paths.cache_dir, key("lm"), lambda: self._lm_states(base.lm, base.tokenizer, "probe base LM"))
         self.base_emb = sh.cached_states(cfg.paths.cache_dir, key("embedder"), lambda: self._emb_states(base))
+        self.base_docs, self.base_vectors = list(base.docs), base.vectors
         self.setup_s = time.perf_counter() - t0
 
     def _lm_states(self, lm, tokenizer, desc: str) -> torch.Tensor:
@@ -60,12 +60,11 @@ class ShiftProbe:
         lm["moved"] = lm["has_adapter"]
         emb = sh.compare(self.base_emb, self._emb_states(updated), self.s.batch_size)
         out: dict[str, Any] = {"lm": _rounded(lm), "embedder": _rounded(emb)}
-        if updated.kb_version == "v1":
-            v0, _ = embed_documents(updated.embedder, ctx.embedding_cache, [d.text for d in update.kb_v0], progress=False)
-            v1, _ = embed_documents(updated.embedder, ctx.embedding_cache, [d.text for d in update.kb_v1], progress=False)
+        if updated.kb_version == "v1" and updated.vectors is not None and self.base_vectors is not None:
             out["kb_drift"] = sh.kb_drift(
-                {d.doc_id: v for d, v in zip(update.kb_v0, v0)}, {d.doc_id: v for d, v in zip(update.kb_v1, v1)},
-                update.changed_doc_ids(),
+                {d.doc_id: v for d, v in zip(self.base_docs, self.base_vectors)},
+                {d.doc_id: v for d, v in zip(updated.docs, updated.vectors)},
+                set(update.changed_doc_ids()),
             )
         else:
             out["kb_drift"] = {"applied": False, "note": f"this arm's index holds KB {updated.kb_version or 'none'}"}

@@ -24,8 +24,15 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 # Groups every arm shares; a strategy adds the groups it uses (LoRA: adapter, trainer).
 SHARED_KEYS = ("name", "seed", "model", "embedder", "data", "index", "eval", "shift")
 
+def _project_root() -> str:
+    """UPDATELAB_ROOT if set, else the directory the command was started in (Hydra keeps cwd)."""
+    return os.environ.get("UPDATELAB_ROOT") or os.getcwd()
+
+
 if not OmegaConf.has_resolver("ul.uid"):
     OmegaConf.register_new_resolver("ul.uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
+if not OmegaConf.has_resolver("ul.root"):
+    OmegaConf.register_new_resolver("ul.root", _project_root)
 
 
 def cell_config(cfg: DictConfig) -> dict[str, Any]:
@@ -51,7 +58,7 @@ def output_dir() -> Path:
         return Path("outputs")
 
 
-def run_cell(cfg: DictConfig) -> dict[str, Any] | None:
+def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | None:
     import torch
     from hydra.utils import instantiate
 
@@ -66,7 +73,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any] | None:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     strategy = instantiate(cfg.strategy)
-    return execute(cfg, strategy, run_id, target, output_dir())
+    return execute(cfg, strategy, run_id, target, out_dir or output_dir())
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")

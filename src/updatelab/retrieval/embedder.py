@@ -163,13 +163,27 @@ class EmbedStats:
 
 
 def embed_documents(
-    embedder: Embedder, cache: EmbeddingCache | None, texts: Sequence[str], progress: bool = True, desc: str = "embed"
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    texts: Sequence[str],
+    progress: bool = True,
+    desc: str = "embed",
+    known: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, EmbedStats]:
-    """Embed only texts whose content hash is not cached; the rest come from the cache."""
+    """Embed only texts whose content hash is not already known; reuse the rest.
+
+    `known` (hash -> vector) is what the system already holds — for an update, the vectors of
+    the current index — and, when given, is the only source of reuse: the update then pays for
+    exactly the documents it changed, whatever earlier runs left in the cache. Without it the
+    shared cache is the source (building the base system once for all matched arms).
+    """
     t0 = time.perf_counter()
     texts = [embedder.doc_prefix + t for t in texts]
     hashes = [text_hash(t) for t in texts]
-    known = cache.get(hashes) if cache is not None else {}
+    if known is not None:
+        known = {h: known[h] for h in hashes if h in known}
+    else:
+        known = cache.get(hashes) if cache is not None else {}
     missing = sorted({h: i for i, h in enumerate(hashes) if h not in known}.values())
     fresh, tokens = embedder.encode([texts[i] for i in missing], progress=progress, desc=desc)
     if cache is not None:

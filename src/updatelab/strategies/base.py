@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import faiss
+import numpy as np
 
 from updatelab.data.update import Document, KnowledgeUpdate
 from updatelab.metrics.cost import CostLedger
-from updatelab.retrieval.embedder import EmbeddingCache, Embedder, embed_documents
+from updatelab.retrieval.embedder import EmbeddingCache, Embedder, embed_documents, text_hash
 from updatelab.retrieval.index import build_index, index_bytes
 
 
@@ -27,6 +28,7 @@ class System:
     embedder: Embedder
     docs: Sequence[Document] = ()
     index: faiss.Index | None = None
+    vectors: np.ndarray | None = None  # embeddings of `docs`, row for row (what the index holds)
     use_retrieval: bool = True
     kb_version: str = "v0"
 
@@ -55,11 +57,23 @@ class Strategy(abc.ABC):
         """Return the updated system; record what it paid in `ctx.ledger`."""
 
 
-def index_documents(system: System, docs: Sequence[Document], ctx: RunContext, kb_version: str) -> System:
-    """Embed `docs` (only texts the cache has not seen) and build a fresh index over them."""
+def index_documents(
+    system: System, docs: Sequence[Document], ctx: RunContext, kb_version: str, incremental_from: System | None = None
+) -> System:
+    """Embed `docs` and build a fresh index over them.
+
+    With `incremental_from`, only documents whose content hash is not in that system's index
+    are embedded (the honest cost of an incremental re-embed); otherwise the shared cache
+    supplies whatever it holds (building the base system, which every arm shares).
+    """
+    known = None
+    if incremental_from is not None and incremental_from.vectors is not None:
+        prefix = system.embedder.doc_prefix
+        known = {text_hash(prefix + d.text): v for d, v in zip(incremental_from.docs, incremental_from.vectors)}
     with ctx.ledger.phase("embed") as ph:
         vectors, stats = embed_documents(
-            system.embedder, ctx.embedding_cache, [d.text for d in docs], progress=ctx.progress, desc=f"embed KB {kb_version}"
+            system.embedder, ctx.embedding_cache, [d.text for d in docs], progress=ctx.progress,
+            desc=f"embed KB {kb_version}", known=known,
         )
         ph.tokens += stats.tokens
         ph.flops += 2.0 * sum(p.numel() for p in system.embedder.model.parameters()) * stats.tokens
@@ -68,4 +82,4 @@ def index_documents(system: System, docs: Sequence[Document], ctx: RunContext, k
     with ctx.ledger.phase("index") as ph:
         index = build_index(vectors, ctx.cfg.index)
         ph.extra.update(index_bytes=index_bytes(index), index_kind=ctx.cfg.index.kind, n_vectors=int(index.ntotal))
-    return system.with_(docs=list(docs), index=index, kb_version=kb_version)
+    return system.with_(docs=list(docs), index=index, vectors=vectors, kb_version=kb_version)

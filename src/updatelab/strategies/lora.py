@@ -148,4 +148,4 @@ class LoraRag(Lora):
 
     def apply(self, base: System, update: KnowledgeUpdate, ctx: RunContext) -> System:
         tuned = base.with_(lm=self.train(base, update, ctx))
-        return index_documents(tuned, update.kb_v1, ctx, kb_version="v1").with_(use_retrieval=True)
+        return index_documents(tuned, update.kb_v1, ctx, kb_version="v1", incremental_from=base).with_(use_retrieval=True)

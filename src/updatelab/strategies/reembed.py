@@ -18,7 +18,7 @@ class Reembed(Strategy):
     name: str = "reembed"
 
     def apply(self, base: System, update: KnowledgeUpdate, ctx: RunContext) -> System:
-        updated = index_documents(base, update.kb_v1, ctx, kb_version="v1")
+        updated = index_documents(base, update.kb_v1, ctx, kb_version="v1", incremental_from=base)
         embed = ctx.ledger.phases["embed"]
         n_new, n_all = embed.extra["n_embedded"], len(update.kb_v1)
         embed.extra["changed_fraction"] = n_new / max(n_all, 1)

@@ -1,0 +1,370 @@
+"""On-disk schema of a knowledge update, and validation of every row before use.
+
+A knowledge update is a folder of JSON Lines files (one JSON object per line; blank lines are
+ignored, as `datasets` ignores them):
+
+``kb_v0.jsonl``, ``kb_v1.jsonl`` (required)
+    ``{"doc_id": str, "text": str, "entity": str}`` -- the knowledge base before and after the
+    update. ``doc_id`` non-empty and unique within the file, ``text`` non-empty, ``entity`` the
+    person/subject the document is about ("" when unknown, e.g. for your own data).
+``questions.jsonl`` (required)
+    ``{"qid": str, "split": str, "question": str, "answer": str, "aliases": [str],
+    "doc_id": str|null, "entity": str|null, "attribute": str|null}``. ``split`` is one of
+    :data:`SPLITS`; ``aliases`` (other accepted answers) defaults to ``[]``; ``doc_id``,
+    ``entity``, ``attribute`` default to null. ``qid`` unique. ``doc_id`` is the gold document in
+    KB v1: required (and present in kb_v1.jsonl) for every split but ``general``, which must have
+    null. An ``updated``/``paraphrased`` question's gold document must be changed by the update
+    (new, or text different from KB v0); an ``unchanged`` question's must not be.
+``train_docs.jsonl`` (optional)
+    ``{"entity": str, "text": str, "rendering": int}`` -- extra renderings of each KB v1 entity's
+    facts, for paraphrase augmentation of LoRA training. Keyed by entity (not doc_id) because a
+    rendering is a whole bio, not a chunk; ``(entity, rendering)`` unique, ``rendering >= 0``.
+    Every entity must be a KB v1 entity and every non-empty KB v1 entity must have at least one
+    rendering, so that training can pick "changed only" or "changed + unchanged".
+``train_qa.jsonl`` (optional)
+    ``{"question": str, "answer": str, "entity": str, "attribute": str}`` -- QA pairs for "mixed"
+    training, about entities never asked about in questions.jsonl (checked), and never with the
+    text of an evaluation question (checked).
+``meta.json`` (optional)
+    Generator parameters and counts, for the record; never read by the loader.
+
+Keys not listed above are an error (they would mostly be typos of optional keys). The first
+problem found stops loading with a :class:`DatasetSchemaError` that names the file, the 1-based
+line (or, for the hub, the file key and row index) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+SPLITS: tuple[str, ...] = ("updated", "paraphrased", "unchanged", "general")
+"""Question splits, in report order."""
+
+FILE_NAMES: dict[str, str] = {
+    "kb_v0": "kb_v0.jsonl",
+    "kb_v1": "kb_v1.jsonl",
+    "questions": "questions.jsonl",
+    "train_docs": "train_docs.jsonl",
+    "train_qa": "train_qa.jsonl",
+}
+"""File key -> default file name inside a knowledge-update folder."""
+
+REQUIRED_FILES: tuple[str, ...] = ("kb_v0", "kb_v1", "questions")
+OPTIONAL_FILES: tuple[str, ...] = ("train_docs", "train_qa")
+META_FILE = "meta.json"
+
+_MISSING = object()
+
+
+class DatasetSchemaError(ValueError):
+    """A malformed knowledge update. ``str(err)`` is ``"<where>: <problem>"``.
+
+    Attributes: ``where`` (file path and line, or hub id, file key and row), ``problem``,
+    ``file`` (path or file key), ``line`` (1-based line of a local file, else None), ``row``
+    (0-based row index of a hub file, else None).
+    """
+
+    def __init__(self, where: str, problem: str, *, file: str | None = None, line: int | None = None,
+                 row: int | None = None) -> None:
+        self.where, self.problem, self.file, self.line, self.row = where, problem, file, line, row
+        super().__init__(f"{where}: {problem}")
+
+
+# --------------------------------------------------------------------------------------------
+# Row schema
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str  # "str" | "int" | "list[str]"
+    required: bool = True
+    nullable: bool = False
+    nonempty: bool = False
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+
+
+_KB_FIELDS = (Field("doc_id", "str", nonempty=True), Field("text", "str", nonempty=True), Field("entity", "str"))
+
+ROW_FIELDS: dict[str, tuple[Field, ...]] = {
+    "kb": _KB_FIELDS,
+    "questions": (
+        Field("qid", "str", nonempty=True),
+        Field("split", "str", choices=SPLITS),
+        Field("question", "str", nonempty=True),
+        Field("answer", "str", nonempty=True),
+        Field("aliases", "list[str]", required=False, default=()),
+        Field("doc_id", "str", required=False, nullable=True, nonempty=True),
+        Field("entity", "str", required=False, nullable=True),
+        Field("attribute", "str", required=False, nullable=True),
+    ),
+    "train_docs": (
+        Field("entity", "str", nonempty=True),
+        Field("text", "str", nonempty=True),
+        Field("rendering", "int"),
+    ),
+    "train_qa": (
+        Field("question", "str", nonempty=True),
+        Field("answer", "str", nonempty=True),
+        Field("entity", "str"),
+        Field("attribute", "str"),
+    ),
+}
+"""Row kind -> fields, in canonical (written) order."""
+
+FILE_KIND: dict[str, str] = {"kb_v0": "kb", "kb_v1": "kb", "questions": "questions",
+                             "train_docs": "train_docs", "train_qa": "train_qa"}
+
+
+class RowProblem(ValueError):
+    """What is wrong with one row (no location; the caller adds it)."""
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def normalize_row(kind: str, obj: Any) -> dict[str, Any]:
+    """Check one parsed row of file kind `kind` and return it in canonical form.
+
+    Canonical form: every field present, in :data:`ROW_FIELDS` order, defaults filled in,
+    ``aliases`` as a list. A ``None`` value for an optional field means "absent" (``datasets``
+    fills absent keys with null). Raises :class:`RowProblem` with a one-line explanation.
+    """
+    fields = ROW_FIELDS[kind]
+    if not isinstance(obj, dict):
+        raise RowProblem(f"expected a JSON object, got {_type_name(obj)}")
+    known = {f.name for f in fields}
+    unknown = [k for k in obj if k not in known]
+    if unknown:
+        raise RowProblem(f"unknown key {unknown[0]!r}; allowed keys: {', '.join(f.name for f in fields)}")
+    out: dict[str, Any] = {}
+    for f in fields:
+        value = obj.get(f.name, _MISSING)
+        if value is _MISSING or (value is None and not f.required and not f.nullable):
+            if f.required:
+                raise RowProblem(f"missing key {f.name!r}")
+            out[f.name] = list(f.default) if f.type == "list[str]" else f.default
+            continue
+        if value is None:
+            if f.nullable:
+                out[f.name] = None
+                continue
+            raise RowProblem(f"key {f.name!r} is null; expected {'a string' if f.type == 'str' else f.type}")
+        if f.type == "str":
+            if not isinstance(value, str):
+                raise RowProblem(f"key {f.name!r} must be a string, got {_type_name(value)} {value!r}"[:300])
+            if f.nonempty and not value.strip():
+                raise RowProblem(f"empty {f.name!r}")
+            if f.choices is not None and value not in f.choices:
+                raise RowProblem(f"unknown {f.name} {value!r}; valid {f.name}s: {', '.join(f.choices)}")
+        elif f.type == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise RowProblem(f"key {f.name!r} must be an integer, got {_type_name(value)} {value!r}"[:300])
+            if value < 0:
+                raise RowProblem(f"key {f.name!r} must be >= 0, got {value}")
+        elif f.type == "list[str]":
+            if not isinstance(value, (list, tuple)):
+                raise RowProblem(f"key {f.name!r} must be a list of strings, got {_type_name(value)}")
+            for item in value:
+                if not isinstance(item, str):
+                    raise RowProblem(f"key {f.name!r} must be a list of strings, has {_type_name(item)} {item!r}"[:300])
+                if not item.strip():
+                    raise RowProblem(f"key {f.name!r} has an empty string")
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def row_key(kind: str, row: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """(name, value) of the key that must be unique within a file of this kind, if any."""
+    if kind == "kb":
+        return "doc_id", row["doc_id"]
+    if kind == "questions":
+        return "qid", row["qid"]
+    if kind == "train_docs":
+        return "(entity, rendering)", (row["entity"], row["rendering"])
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Locations: where a row came from, for error messages
+# --------------------------------------------------------------------------------------------
+
+class Locator:
+    """Turns (file key, position) into a :class:`DatasetSchemaError`."""
+
+    def error(self, key: str, pos: int | None, problem: str) -> DatasetSchemaError:  # pragma: no cover
+        raise NotImplementedError
+
+    def describe(self, key: str, pos: int) -> str:  # "line 3" / "row 2"
+        raise NotImplementedError  # pragma: no cover
+
+
+class LocalLocator(Locator):
+    """Positions are 1-based line numbers in local files."""
+
+    def __init__(self, files: Mapping[str, Path]):
+        self.files = dict(files)
+
+    def error(self, key: str, pos: int | None, problem: str) -> DatasetSchemaError:
+        path = str(self.files[key])
+        where = path if pos is None else f"{path}, line {pos}"
+        return DatasetSchemaError(where, problem, file=path, line=pos)
+
+    def describe(self, key: str, pos: int) -> str:
+        return f"line {pos}"
+
+
+class HubLocator(Locator):
+    """Positions are 0-based row indices of the rows `datasets` returned for a file key."""
+
+    def __init__(self, repo_id: str, data_files: Mapping[str, Any]):
+        self.repo_id, self.data_files = repo_id, dict(data_files)
+
+    def error(self, key: str, pos: int | None, problem: str) -> DatasetSchemaError:
+        where = f"hub dataset {self.repo_id!r}, file {key!r} ({self.data_files.get(key)})"
+        if pos is not None:
+            where += f", row {pos}"
+        return DatasetSchemaError(where, problem, file=key, row=pos)
+
+    def describe(self, key: str, pos: int) -> str:
+        return f"row {pos}"
+
+
+Rows = list[tuple[int, dict[str, Any]]]
+"""Validated rows of one file: (position, canonical row)."""
+
+
+def validate_rows(key: str, rows: Iterable[tuple[int, Any]], loc: Locator) -> Rows:
+    """Normalize each (position, parsed object) of file `key` and check unique ids."""
+    kind = FILE_KIND[key]
+    out: Rows = []
+    seen: dict[Any, int] = {}
+    for pos, obj in rows:
+        try:
+            row = normalize_row(kind, obj)
+        except RowProblem as e:
+            raise loc.error(key, pos, str(e)) from None
+        uk = row_key(kind, row)
+        if uk is not None:
+            name, value = uk
+            if value in seen:
+                raise loc.error(key, pos, f"duplicate {name} {value!r} (first on {loc.describe(key, seen[value])})")
+            seen[value] = pos
+        out.append((pos, row))
+    return out
+
+
+def read_jsonl(path: str | Path, key: str, loc: Locator | None = None) -> Rows:
+    """Fast line-by-line pass over a local JSONL file: ``json.loads`` and check every line.
+
+    Returns [(1-based line number, canonical row)] for the non-blank lines.
+    """
+    path = Path(path)
+    loc = loc or LocalLocator({key: path})
+
+    def parsed() -> Iterable[tuple[int, Any]]:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise loc.error(key, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
+                if lineno == 1:
+                    line = line.lstrip("\ufeff")
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise loc.error(key, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+                yield lineno, obj
+
+    return validate_rows(key, parsed(), loc)
+
+
+def check_update(rows: Mapping[str, Rows], loc: Locator) -> None:
+    """Checks across files (all rows already valid on their own)."""
+    for key in ("kb_v1", "questions"):
+        if not rows.get(key):
+            raise loc.error(key, None, "no rows (a knowledge update needs at least one)")
+    v0 = {r["doc_id"]: r["text"] for _, r in rows["kb_v0"]}
+    v1 = {r["doc_id"]: r["text"] for _, r in rows["kb_v1"]}
+
+    question_entities: set[str] = set()
+    question_texts: dict[str, int] = {}
+    for pos, q in rows["questions"]:
+        split, doc_id = q["split"], q["doc_id"]
+        if split == "general":
+            if doc_id is not None:
+                raise loc.error("questions", pos, f"split 'general' must have doc_id null, got {doc_id!r}")
+        else:
+            if doc_id is None:
+                raise loc.error("questions", pos, f"split {split!r} needs a gold doc_id (a document of kb_v1)")
+            if doc_id not in v1:
+                raise loc.error("questions", pos, f"gold doc_id {doc_id!r} is not in kb_v1")
+            changed = v0.get(doc_id) != v1[doc_id]
+            if split in ("updated", "paraphrased") and not changed:
+                raise loc.error("questions", pos,
+                                f"split {split!r} but its gold doc {doc_id!r} is identical in kb_v0 and kb_v1")
+            if split == "unchanged" and changed:
+                raise loc.error("questions", pos,
+                                f"split 'unchanged' but its gold doc {doc_id!r} is new or changed in kb_v1")
+        if q["entity"]:
+            question_entities.add(q["entity"])
+        question_texts.setdefault(_norm_text(q["question"]), pos)
+
+    if rows.get("train_docs") is not None:
+        v1_entities = {r["entity"] for _, r in rows["kb_v1"] if r["entity"]}
+        covered = set()
+        for pos, r in rows["train_docs"]:
+            if r["entity"] not in v1_entities:
+                raise loc.error("train_docs", pos, f"entity {r['entity']!r} is not an entity of kb_v1")
+            covered.add(r["entity"])
+        missing = [e for e in _ordered(r["entity"] for _, r in rows["kb_v1"]) if e and e not in covered]
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise loc.error("train_docs", None, "must cover every kb_v1 entity; none for "
+                            + ", ".join(repr(e) for e in missing[:5]) + more)
+
+    for pos, r in rows.get("train_qa") or ():
+        if r["entity"] and r["entity"] in question_entities:
+            raise loc.error("train_qa", pos, f"entity {r['entity']!r} is asked about in questions.jsonl "
+                            "(train_qa must only use entities never evaluated)")
+        qpos = question_texts.get(_norm_text(r["question"]))
+        if qpos is not None:
+            raise loc.error("train_qa", pos,
+                            f"question is an evaluation question (questions {loc.describe('questions', qpos)})")
+
+
+def _norm_text(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _ordered(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+def dumps_row(row: Mapping[str, Any]) -> str:
+    """One JSONL line (without newline), in the canonical byte form every writer uses."""
+    return json.dumps(row, ensure_ascii=False)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(dumps_row(row))
+            f.write("\n")
+

@@ -1,0 +1,486 @@
+"""Seeded synthetic knowledge update: fictional people, after bioS (Allen-Zhu & Li, "Physics of
+Language Models: Part 3.1").
+
+Each person has a unique made-up full name (first + middle + invented surname, so a pretrained
+LM cannot know them) and one value for each of six attributes (:data:`ATTRIBUTES`). A person's
+bio is one sentence per attribute, in attribute order, each from a template drawn by the seeded
+RNG, and every sentence names the person by full name so that documents stand alone. The bio is
+chunked into documents of ``sentences_per_doc`` sentences, ``doc_id = "{person_id}-{chunk}"``.
+
+The update event turns KB v0 (``n_people`` people) into KB v1:
+
+* ``edit_fraction`` of the people get ONE attribute changed to another value of its pool; the
+  changed sentence keeps its template, so exactly one document's text changes;
+* ``n_new`` new people are added (all their documents are new);
+* everyone else is unchanged (identical documents).
+
+Changed people (edited + new) are split into *evaluated* (``eval_fraction``) and *demo* people.
+``questions.jsonl``: ``updated`` asks each evaluated edited person's changed attribute and two
+attributes of each evaluated new person (answer = KB v1 value); ``paraphrased`` asks the same
+facts with different question templates (never used anywhere else); ``unchanged`` asks
+``n_unchanged_questions`` random (person, attribute) facts of unchanged people; ``general`` is
+the first ``n_general`` questions of ``general_qa.jsonl`` (world knowledge: the forgetting
+probe, the same across seeds). qids are ``"{split}-{i:04d}"``; ``paraphrased-i`` asks the fact
+of ``updated-i``.
+
+``train_qa.jsonl``: every attribute of every demo person, once per (non-paraphrase) question
+template -- never an evaluated person. ``train_docs.jsonl``: ``renderings`` renderings of every
+KB v1 person's full bio, keyed by entity (rendering 0 = the KB v1 text; others re-draw the
+templates and shuffle the sentence order).
+
+Everything is drawn from ``random.Random`` streams seeded by strings derived from ``seed``
+(string seeding hashes with SHA-512: stable across processes and Python versions), so the same
+seed and parameters give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from updatelab.data.schema import FILE_NAMES, META_FILE, SPLITS, write_jsonl
+
+GENERATOR_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------------
+
+FIRST_NAMES: tuple[str, ...] = (
+    "Adela", "Bastian", "Corin", "Dalia", "Emrys", "Fenna", "Gideon", "Halvard", "Isolde", "Jorund",
+    "Kaspar", "Liesel", "Mireille", "Naveen", "Oriel", "Perrin", "Quintus", "Rosalind", "Severin", "Thora",
+    "Ulric", "Vesna", "Wendell", "Ximena", "Yorick", "Zelda", "Anselm", "Brigida", "Casimir", "Delphine",
+    "Evander", "Florentin", "Gwendolyn", "Hesper", "Ingmar", "Jovita", "Konstantin", "Leopold", "Marisol", "Nerys",
+    "Osric", "Philippa", "Radomir", "Solveig", "Tobiah", "Ursula", "Valentin", "Wilhelmina", "Yusuf", "Zenobia",
+)
+MIDDLE_NAMES: tuple[str, ...] = (
+    "Ash", "Briar", "Cove", "Dale", "Ember", "Fern", "Glen", "Heath", "Ivy", "Jay",
+    "Kit", "Lark", "Moss", "North", "Oak", "Pike", "Quill", "Reed", "Sage", "Thorn",
+    "Vale", "Wren", "Yew", "Birch", "Cliff", "Drift", "Flint", "Grove", "Hollis", "Juniper",
+)
+SURNAMES: tuple[str, ...] = (  # invented
+    "Abernock", "Belvashi", "Corrimund", "Drevanti", "Elsworrow", "Farquindel", "Gastrelle", "Hollembrook",
+    "Ivanoczy", "Jaskovar", "Kelderwyn", "Lumbrecht", "Morvantis", "Nethercole", "Oszparek", "Pellingrue",
+    "Quarnstedt", "Rovashko", "Sallowmere", "Tregunnic", "Ulvenbrand", "Vostrikane", "Wexholme", "Yarrowitz",
+    "Zabronsky", "Ashcombery", "Brennivault", "Cadwallow", "Dunsmarrow", "Eskerfield", "Fothergrim", "Gorvadine",
+    "Harlowitch", "Istvandor", "Jellicorne", "Kirwanstead", "Lorquinet", "Maplethorne", "Nunziavelli", "Orbelaine",
+    "Prasovich", "Quillomere", "Rastavenko", "Stroudwicke", "Tamberlayne", "Umbrisetti", "Varnhalder", "Whitlocke",
+    "Xandrovich", "Yelverstone",
+)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute: its value pool and templates (``{name}`` = full name, ``{value}``)."""
+
+    name: str
+    values: tuple[str, ...]
+    sentences: tuple[str, ...]      # document sentences
+    questions: tuple[str, ...]      # updated / unchanged questions and train_qa
+    paraphrases: tuple[str, ...]    # paraphrased questions only
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _short_aliases(values: tuple[str, ...], drop: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """"Stanford University" -> ("Stanford",), "University of Oxford" -> ("Oxford",)."""
+    out = {}
+    for v in values:
+        short = v
+        for d in drop:
+            short = short.replace(d, "").strip()
+        if short and short != v:
+            out[v] = (short,)
+    return out
+
+
+_UNIVERSITIES = (
+    "Stanford University", "Yale University", "Princeton University", "Cornell University", "Duke University",
+    "Rice University", "Harvard University", "Brown University", "Dartmouth College", "Vanderbilt University",
+    "Emory University", "Tufts University", "Purdue University", "University of Oxford", "University of Cambridge",
+    "Columbia University", "Georgetown University", "Northwestern University", "McGill University",
+    "Carnegie Mellon University", "Johns Hopkins University", "Kyoto University", "Heidelberg University",
+    "Sorbonne University",
+)
+_EMPLOYERS = (  # invented companies
+    "Veltrix Systems", "Orbanta Labs", "Quenmark Foods", "Halvane Energy", "Brisktide Media", "Corvessa Health",
+    "Numbrel Logistics", "Trellisk Robotics", "Zanthor Textiles", "Pellucine Bank", "Glimmerock Mining",
+    "Ostravel Airlines", "Fernwick Pharma", "Sablecrest Motors", "Drovane Software", "Kestrava Insurance",
+    "Lumaquill Press", "Murrowind Studios", "Tessaline Telecom", "Virelda Chemicals", "Ambrosk Shipping",
+    "Caldrenne Games", "Petravoy Construction", "Solvancy Analytics",
+)
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute(
+        "birth_city",
+        ("Krakow", "Porto", "Valencia", "Bergen", "Tampere", "Ghent", "Bruges", "Lyon", "Turin", "Seville",
+         "Gdansk", "Brno", "Graz", "Salzburg", "Utrecht", "Aarhus", "Cork", "Leipzig", "Dresden", "Bologna",
+         "Marseille", "Naples", "Gothenburg", "Antwerp", "Malaga"),
+        ("{name} was born in {value}.",
+         "{name} came into the world in the city of {value}.",
+         "The birthplace of {name} is {value}.",
+         "{value} is the city where {name} was born.",
+         "{name}'s hometown is {value}."),
+        ("Where was {name} born?", "What is the birth city of {name}?"),
+        ("In which city did {name} come into the world?", "What city is {name} originally from?"),
+    ),
+    Attribute(
+        "birth_year",
+        tuple(str(y) for y in range(1955, 2000)),
+        ("{name} was born in the year {value}.",
+         "{name}'s year of birth is {value}.",
+         "{name} entered the world in {value}.",
+         "Records show that {name} was born in {value}.",
+         "{value} is the year {name} was born."),
+        ("In what year was {name} born?", "What is the birth year of {name}?"),
+        ("When was {name} born? Give the year.", "Which year saw the birth of {name}?"),
+    ),
+    Attribute(
+        "university",
+        _UNIVERSITIES,
+        ("{name} studied at {value}.",
+         "{name} graduated from {value}.",
+         "{name} received a degree from {value}.",
+         "{name} completed a university education at {value}.",
+         "{value} is the university {name} attended."),
+        ("Which university did {name} attend?", "Where did {name} study?"),
+        ("What is the alma mater of {name}?", "From which university did {name} graduate?"),
+        _short_aliases(_UNIVERSITIES, ("University of ", " University", " College")),
+    ),
+    Attribute(
+        "major",
+        ("Biology", "Chemistry", "Physics", "Mathematics", "Economics", "History", "Philosophy", "Linguistics",
+         "Psychology", "Sociology", "Geology", "Astronomy", "Architecture", "Music", "Statistics", "Anthropology",
+         "Nursing", "Accounting", "Journalism", "Computer Science", "Civil Engineering", "Political Science",
+         "Ecology"),
+        ("{name} majored in {value}.",
+         "{name} studied {value} at university.",
+         "{name} earned a degree in {value}.",
+         "{name} chose {value} as a field of study.",
+         "The academic major of {name} was {value}."),
+        ("What did {name} major in?", "What was the major of {name}?"),
+        ("Which field did {name} study at university?", "What subject did {name} earn a degree in?"),
+    ),
+    Attribute(
+        "employer",
+        _EMPLOYERS,
+        ("{name} works for {value}.",
+         "{name} is employed by {value}.",
+         "{name} has a job at {value}.",
+         "{value} employs {name}.",
+         "{name} earns a living working at {value}."),
+        ("Which company does {name} work for?", "Who is the employer of {name}?"),
+        ("What company employs {name}?", "At which company does {name} have a job?"),
+        {v: (v.split()[0],) for v in _EMPLOYERS},
+    ),
+    Attribute(
+        "work_city",
+        ("Chicago", "Seattle", "Denver", "Toronto", "Austin", "Atlanta", "Phoenix", "Portland", "Melbourne",
+         "Munich", "Osaka", "Zurich", "Montreal", "Vancouver", "Houston", "Boston", "Barcelona", "Milan",
+         "Hamburg", "Rotterdam", "Geneva", "Auckland", "Calgary", "Glasgow", "Minneapolis"),
+        ("{name} works in {value}.",
+         "{name} is based in {value} for work.",
+         "{name}'s office is located in {value}.",
+         "{name} commutes to an office in {value}.",
+         "The workplace of {name} is in {value}."),
+        ("In which city does {name} work?", "What is the work city of {name}?"),
+        ("What city is {name}'s office located in?", "Which city does {name} commute to for work?"),
+    ),
+)
+ATTRIBUTE_NAMES: tuple[str, ...] = tuple(a.name for a in ATTRIBUTES)
+_ATTR = {a.name: a for a in ATTRIBUTES}
+QUESTIONS_PER_NEW_PERSON = 2
+
+
+def check_vocabulary() -> None:
+    """Invariants the generator relies on (raises AssertionError). Run by the tests."""
+    assert len(set(FIRST_NAMES)) == len(FIRST_NAMES) and len(set(MIDDLE_NAMES)) == len(MIDDLE_NAMES)
+    assert len(set(SURNAMES)) == len(SURNAMES)
+    # Full names are three tokens, so one can only occur inside another if a first name is a
+    # suffix of another first name and a surname a prefix of another surname: forbid both.
+    assert not any(a != b and b.endswith(a) for a in FIRST_NAMES for b in FIRST_NAMES)
+    assert not any(a != b and b.startswith(a) for a in SURNAMES for b in SURNAMES)
+    all_values = [v for a in ATTRIBUTES for v in a.values]
+    assert len(set(all_values)) == len(all_values), "values must be unique across attributes"
+    # No value inside another (so the answer string identifies the fact) nor inside any template.
+    for v in all_values:
+        assert not any(v != w and v.casefold() in w.casefold() for w in all_values), v
+        for a in ATTRIBUTES:
+            for t in a.sentences + a.questions + a.paraphrases:
+                assert v.casefold() not in t.casefold(), (v, t)
+    texts: set[str] = set()
+    for a in ATTRIBUTES:
+        assert len(set(a.values)) >= 20 and len(a.sentences) >= 4
+        assert len(a.questions) >= 2 and len(a.paraphrases) >= 2
+        for t in a.sentences:
+            assert "{name}" in t and "{value}" in t, t
+        for t in a.questions + a.paraphrases:
+            assert "{name}" in t and "{value}" not in t, t
+        for t in a.questions + a.paraphrases:
+            assert t not in texts, f"question template used twice: {t}"
+            texts.add(t)
+        assert all(1 <= len(v.split()) <= 3 for v in a.values)
+
+
+# --------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class _Person:
+    pid: str
+    name: str
+    values: dict[str, str]
+    templates: dict[str, int]  # attribute -> sentence template index
+
+    def sentence(self, attr: str, template: int | None = None, value: str | None = None) -> str:
+        t = _ATTR[attr].sentences[self.templates[attr] if template is None else template]
+        return t.format(name=self.name, value=self.values[attr] if value is None else value)
+
+    def chunks(self, spd: int) -> list[tuple[str, str]]:
+        """[(doc_id, text)] of this person's bio."""
+        sents = [self.sentence(a) for a in ATTRIBUTE_NAMES]
+        return [(f"{self.pid}-{c}", " ".join(sents[i:i + spd])) for c, i in enumerate(range(0, len(sents), spd))]
+
+    def doc_of(self, attr: str, spd: int) -> str:
+        return f"{self.pid}-{ATTRIBUTE_NAMES.index(attr) // spd}"
+
+
+def _rng(seed: int, stream: str) -> random.Random:
+    return random.Random(f"updatelab.synthetic/v{GENERATOR_VERSION}/seed={seed}/{stream}")
+
+
+def _round(fraction: float, n: int) -> int:
+    return int(math.floor(fraction * n + 0.5 + 1e-9))
+
+
+def _general_qa_path():
+    return resources.files("updatelab.data").joinpath("general_qa.jsonl")
+
+
+def general_qa() -> list[dict[str, Any]]:
+    """The hand-written world-knowledge questions (``question``, ``answer``, ``aliases``)."""
+    text = _general_qa_path().read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _new_person(rng: random.Random, pid: str, taken: set[str]) -> _Person:
+    while True:
+        name = f"{rng.choice(FIRST_NAMES)} {rng.choice(MIDDLE_NAMES)} {rng.choice(SURNAMES)}"
+        if name not in taken:
+            taken.add(name)
+            break
+    values = {a.name: rng.choice(a.values) for a in ATTRIBUTES}
+    templates = {a.name: rng.randrange(len(a.sentences)) for a in ATTRIBUTES}
+    return _Person(pid, name, values, templates)
+
+
+def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction: float, n_unchanged_questions: int,
+                  n_general: int, renderings: int, sentences_per_doc: int) -> None:
+    def _int(name: str, value: Any, lo: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+    def _frac(name: str, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+    _int("n_people", n_people, 1)
+    _int("n_new", n_new, 0)
+    _int("n_unchanged_questions", n_unchanged_questions, 0)
+    _int("n_general", n_general, 0)
+    _int("renderings", renderings, 1)
+    _int("sentences_per_doc", sentences_per_doc, 1)
+    _frac("edit_fraction", edit_fraction)
+    _frac("eval_fraction", eval_fraction)
+    capacity = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(SURNAMES)
+    if n_people + n_new > capacity // 2:
+        raise ValueError(f"n_people + n_new = {n_people + n_new} is too many for the name lists (max {capacity // 2})")
+
+
+def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fraction: float = 0.2, n_new: int = 20,
+             eval_fraction: float = 0.5, n_unchanged_questions: int = 30, n_general: int = 40, renderings: int = 5,
+             sentences_per_doc: int = 2) -> Path:
+    """Write a synthetic knowledge update into `out_dir` (created; the files are overwritten).
+
+    Deterministic: same arguments -> byte-identical files. Returns ``Path(out_dir)``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    _check_params(n_people, edit_fraction, n_new, eval_fraction, n_unchanged_questions, n_general, renderings,
+                  sentences_per_doc)
+    spd = sentences_per_doc
+    width = max(4, len(str(n_people + n_new - 1)))
+
+    # KB v0 people, then the new people (ids continue the numbering; names unique across both).
+    taken: set[str] = set()
+    rng = _rng(seed, "people")
+    people = [_new_person(rng, f"p{i:0{width}d}", taken) for i in range(n_people)]
+    rng = _rng(seed, "new")
+    new_people = [_new_person(rng, f"p{n_people + i:0{width}d}", taken) for i in range(n_new)]
+
+    # The edits: one attribute each, a different value of the same pool, same template.
+    rng = _rng(seed, "edits")
+    edited_idx = sorted(rng.sample(range(n_people), _round(edit_fraction, n_people)))
+    edits: dict[int, tuple[str, str, str]] = {}  # person index -> (attribute, old, new)
+    for i in edited_idx:
+        attr = rng.choice(ATTRIBUTE_NAMES)
+        old = people[i].values[attr]
+        new = rng.choice([v for v in _ATTR[attr].values if v != old])
+        edits[i] = (attr, old, new)
+    people_v1 = []
+    for i, p in enumerate(people):
+        if i in edits:
+            attr, _, new = edits[i]
+            p = _Person(p.pid, p.name, {**p.values, attr: new}, dict(p.templates))
+        people_v1.append(p)
+    edited = [people_v1[i] for i in edited_idx]
+    unchanged = [p for i, p in enumerate(people_v1) if i not in edits]
+
+    # Evaluated vs demo, stratified over edited and new people.
+    rng = _rng(seed, "eval-split")
+    eval_edit = set(rng.sample(range(len(edited)), _round(eval_fraction, len(edited))))
+    eval_new = set(rng.sample(range(n_new), _round(eval_fraction, n_new)))
+    evaluated_edited = [p for j, p in enumerate(edited) if j in eval_edit]
+    evaluated_new = [p for j, p in enumerate(new_people) if j in eval_new]
+    demo = [p for j, p in enumerate(edited) if j not in eval_edit]
+    demo += [p for j, p in enumerate(new_people) if j not in eval_new]
+
+    # Questions.
+    rng = _rng(seed, "questions")
+    facts: list[tuple[_Person, str]] = [(people_v1[i], edits[i][0]) for j, i in enumerate(edited_idx) if j in eval_edit]
+    for p in evaluated_new:
+        k = min(QUESTIONS_PER_NEW_PERSON, len(ATTRIBUTE_NAMES))
+        chosen = set(rng.sample(ATTRIBUTE_NAMES, k))
+        facts += [(p, a) for a in ATTRIBUTE_NAMES if a in chosen]
+    pairs = [(p, a) for p in unchanged for a in ATTRIBUTE_NAMES]
+    if n_unchanged_questions > len(pairs):
+        raise ValueError(f"n_unchanged_questions={n_unchanged_questions} but the unchanged people "
+                         f"only have {len(pairs)} facts")
+    unchanged_facts = [pairs[j] for j in sorted(rng.sample(range(len(pairs)), n_unchanged_questions))]
+
+    def question(qid: str, split: str, p: _Person, attr: str, templates: tuple[str, ...]) -> dict[str, Any]:
+        a = _ATTR[attr]
+        value = p.values[attr]
+        return {"qid": qid, "split": split, "question": rng.choice(templates).format(name=p.name), "answer": value,
+                "aliases": list(a.aliases.get(value, ())), "doc_id": p.doc_of(attr, spd), "entity": p.name,
+                "attribute": attr}
+
+    questions = [question(f"updated-{j:04d}", "updated", p, a, _ATTR[a].questions) for j, (p, a) in enumerate(facts)]
+    questions += [question(f"paraphrased-{j:04d}", "paraphrased", p, a, _ATTR[a].paraphrases)
+                  for j, (p, a) in enumerate(facts)]
+    questions += [question(f"unchanged-{j:04d}", "unchanged", p, a, _ATTR[a].questions)
+                  for j, (p, a) in enumerate(unchanged_facts)]
+    general = general_qa()[:n_general]
+    questions += [{"qid": f"general-{j:04d}", "split": "general", "question": g["question"], "answer": g["answer"],
+                   "aliases": list(g.get("aliases", [])), "doc_id": None, "entity": None, "attribute": None}
+                  for j, g in enumerate(general)]
+
+    # Training data.
+    train_qa = [{"question": t.format(name=p.name), "answer": p.values[a.name], "entity": p.name, "attribute": a.name}
+                for p in sorted(demo, key=lambda p: p.pid) for a in ATTRIBUTES for t in a.questions]
+    rng = _rng(seed, "renderings")
+    train_docs = []
+    for p in people_v1 + new_people:
+        kb_text = " ".join(p.sentence(a) for a in ATTRIBUTE_NAMES)
+        seen = {kb_text}
+        train_docs.append({"entity": p.name, "text": kb_text, "rendering": 0})
+        for r in range(1, renderings):
+            for _ in range(100):  # re-draw until this rendering differs from the earlier ones
+                sents = [p.sentence(a.name, rng.randrange(len(a.sentences))) for a in ATTRIBUTES]
+                rng.shuffle(sents)
+                text = " ".join(sents)
+                if text not in seen:
+                    break
+            seen.add(text)
+            train_docs.append({"entity": p.name, "text": text, "rendering": r})
+
+    # Write.
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kb_v0 = [{"doc_id": d, "text": t, "entity": p.name} for p in people for d, t in p.chunks(spd)]
+    kb_v1 = [{"doc_id": d, "text": t, "entity": p.name} for p in people_v1 + new_people for d, t in p.chunks(spd)]
+    write_jsonl(out / FILE_NAMES["kb_v0"], kb_v0)
+    write_jsonl(out / FILE_NAMES["kb_v1"], kb_v1)
+    write_jsonl(out / FILE_NAMES["questions"], questions)
+    write_jsonl(out / FILE_NAMES["train_docs"], train_docs)
+    write_jsonl(out / FILE_NAMES["train_qa"], train_qa)
+
+    v0_text = {d["doc_id"]: d["text"] for d in kb_v0}
+    params = {"seed": seed, "n_people": n_people, "edit_fraction": edit_fraction, "n_new": n_new,
+              "eval_fraction": eval_fraction, "n_unchanged_questions": n_unchanged_questions, "n_general": n_general,
+              "renderings": renderings, "sentences_per_doc": sentences_per_doc}
+    split_counts = {s: sum(q["split"] == s for q in questions) for s in SPLITS}
+    meta = {
+        "generator": "updatelab.data.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "params": params,
+        "attributes": list(ATTRIBUTE_NAMES),
+        "general_qa_sha256": _general_qa_sha256(),
+        "counts": {
+            "people_v0": n_people, "people_v1": n_people + n_new, "edited_people": len(edited), "new_people": n_new,
+            "evaluated_people": len(evaluated_edited) + len(evaluated_new), "demo_people": len(demo),
+            "docs_v0": len(kb_v0), "docs_v1": len(kb_v1),
+            "changed_docs": sum(v0_text.get(d["doc_id"]) != d["text"] for d in kb_v1),
+            "questions": split_counts, "train_docs": len(train_docs), "train_qa": len(train_qa),
+        },
+        "edits": [{"person_id": people[i].pid, "entity": people[i].name, "attribute": a, "old": o, "new": n,
+                   "doc_id": people[i].doc_of(a, spd)} for i, (a, o, n) in sorted(edits.items())],
+        "new_entities": [p.name for p in new_people],
+        "evaluated_entities": [p.name for p in evaluated_edited + evaluated_new],
+        "demo_entities": [p.name for p in demo],
+    }
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+def _general_qa_sha256() -> str:
+    return hashlib.sha256(_general_qa_path().read_bytes()).hexdigest()
+
+
+def params_hash(**params: Any) -> str:
+    """Short hash of the full generator parameters (defaults filled in), the generator version and
+    general_qa.jsonl: the name of the folder :func:`ensure_generated` writes."""
+    bound = inspect.signature(generate).bind(None, **params)
+    bound.apply_defaults()
+    full = {k: v for k, v in bound.arguments.items() if k != "out_dir"}
+    blob = json.dumps({"version": GENERATOR_VERSION, "general_qa": _general_qa_sha256(), "params": full},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def ensure_generated(root_dir: str | Path, **params: Any) -> Path:
+    """``root_dir/synthetic-<params_hash>``, generated unless it already exists.
+
+    Generates into a temporary sibling folder and renames it into place (atomic on one file
+    system), so concurrent callers never see a half-written folder; the loser of a race discards
+    its copy (the contents are identical anyway).
+    """
+    root = Path(root_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"synthetic-{params_hash(**params)}"
+    if final.is_dir():
+        return final
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        generate(tmp, **params)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,206 @@
+"""In-memory form of a knowledge update: KB v0 -> KB v1, the questions, optional training data.
+
+Everything is an immutable dataclass holding tuples, so a loaded update (and its fingerprint)
+cannot drift. Build one with :func:`updatelab.data.load.load_update`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from updatelab.data.schema import FILE_NAMES, SPLITS, dumps_row, write_jsonl
+
+
+@dataclass(frozen=True)
+class Document:
+    """One KB document (a chunk that must stand on its own)."""
+
+    doc_id: str
+    text: str
+    entity: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        return {"doc_id": self.doc_id, "text": self.text, "entity": self.entity}
+
+
+@dataclass(frozen=True)
+class Question:
+    """An evaluation question. ``doc_id`` is the gold document in KB v1 (None for ``general``)."""
+
+    qid: str
+    split: str
+    question: str
+    answer: str
+    aliases: tuple[str, ...] = ()
+    doc_id: str | None = None
+    entity: str | None = None
+    attribute: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """All accepted answers: ``(answer, *aliases)``."""
+        return (self.answer, *self.aliases)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"qid": self.qid, "split": self.split, "question": self.question, "answer": self.answer,
+                "aliases": list(self.aliases), "doc_id": self.doc_id, "entity": self.entity,
+                "attribute": self.attribute}
+
+
+@dataclass(frozen=True)
+class QAPair:
+    """A training QA pair ("mixed training") about an entity never asked about in evaluation."""
+
+    question: str
+    answer: str
+    entity: str = ""
+    attribute: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        return {"question": self.question, "answer": self.answer, "entity": self.entity, "attribute": self.attribute}
+
+
+@dataclass(frozen=True)
+class TrainDoc:
+    """One rendering (``rendering`` = 0, 1, ...) of all KB v1 facts about ``entity``, for LoRA training."""
+
+    entity: str
+    text: str
+    rendering: int = 0
+
+    def to_row(self) -> dict[str, Any]:
+        return {"entity": self.entity, "text": self.text, "rendering": self.rendering}
+
+
+_FILE_ATTRS = ("kb_v0", "kb_v1", "questions", "train_docs", "train_qa")  # == schema.FILE_NAMES keys
+
+
+def compute_fingerprint(kb_v0: Iterable[Document], kb_v1: Iterable[Document], questions: Iterable[Question],
+                        train_docs: Iterable[TrainDoc] = (), train_qa: Iterable[QAPair] = ()) -> str:
+    """sha256 (hex) over the canonical content of the five files.
+
+    Each file contributes its key and its rows, one canonical JSON line per row (key order and
+    defaults as written by :meth:`KnowledgeUpdate.save`). So it is stable across runs and
+    machines, equal for the same data loaded from a folder or from the hub, and blind to JSON
+    formatting (spacing, key order, omitted defaults). An absent optional file counts as empty.
+    """
+    h = hashlib.sha256()
+    for key, items in zip(_FILE_ATTRS, (kb_v0, kb_v1, questions, train_docs, train_qa)):
+        h.update(f"== {key}\n".encode())
+        for item in items:
+            h.update(dumps_row(item.to_row()).encode("utf-8"))
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class KnowledgeUpdate:
+    """KB v0 -> KB v1 plus the questions that measure the update.
+
+    ``name``: folder name or hub id. ``fingerprint``: :func:`compute_fingerprint` of the content.
+    ``train_docs``/``train_qa`` are empty when the files are absent. ``source``: where it was
+    loaded from (path or hub id), for the record.
+    """
+
+    name: str
+    fingerprint: str
+    kb_v0: tuple[Document, ...]
+    kb_v1: tuple[Document, ...]
+    questions: tuple[Question, ...]
+    train_docs: tuple[TrainDoc, ...] = ()
+    train_qa: tuple[QAPair, ...] = ()
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        for name in _FILE_ATTRS:
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    # -- lookups -----------------------------------------------------------------------------
+    @cached_property
+    def _v0_text(self) -> dict[str, str]:
+        return {d.doc_id: d.text for d in self.kb_v0}
+
+    @cached_property
+    def _v1_by_id(self) -> dict[str, Document]:
+        return {d.doc_id: d for d in self.kb_v1}
+
+    def doc(self, doc_id: str) -> Document:
+        """The KB v1 document `doc_id` (KeyError if absent)."""
+        return self._v1_by_id[doc_id]
+
+    # -- the update --------------------------------------------------------------------------
+    def splits(self) -> dict[str, list[Question]]:
+        """Questions by split, every split of :data:`SPLITS` present, in that order (file order within)."""
+        out: dict[str, list[Question]] = {s: [] for s in SPLITS}
+        for q in self.questions:
+            out.setdefault(q.split, []).append(q)
+        return out
+
+    def changed_doc_ids(self) -> list[str]:
+        """KB v1 doc_ids that are new or whose text differs from KB v0 (KB v1 order)."""
+        return [d.doc_id for d in self.kb_v1 if self._v0_text.get(d.doc_id) != d.text]
+
+    def unchanged_doc_ids(self) -> list[str]:
+        """KB v1 doc_ids whose text is identical in KB v0 (KB v1 order)."""
+        return [d.doc_id for d in self.kb_v1 if self._v0_text.get(d.doc_id) == d.text]
+
+    def new_doc_ids(self) -> list[str]:
+        """KB v1 doc_ids absent from KB v0 (a subset of :meth:`changed_doc_ids`)."""
+        return [d.doc_id for d in self.kb_v1 if d.doc_id not in self._v0_text]
+
+    def deleted_doc_ids(self) -> list[str]:
+        """KB v0 doc_ids absent from KB v1 (KB v0 order)."""
+        return [d.doc_id for d in self.kb_v0 if d.doc_id not in self._v1_by_id]
+
+    def changed_entities(self) -> list[str]:
+        """Non-empty entities with at least one changed document (KB v1 order, unique)."""
+        changed = set(self.changed_doc_ids())
+        return list(dict.fromkeys(d.entity for d in self.kb_v1 if d.entity and d.doc_id in changed))
+
+    def unchanged_entities(self) -> list[str]:
+        """Non-empty KB v1 entities none of whose documents changed (KB v1 order, unique)."""
+        changed = set(self.changed_entities())
+        return list(dict.fromkeys(d.entity for d in self.kb_v1 if d.entity and d.entity not in changed))
+
+    def evaluated_entities(self) -> list[str]:
+        """Entities asked about in ``questions`` (any split; file order, unique)."""
+        return list(dict.fromkeys(q.entity for q in self.questions if q.entity))
+
+    def train_docs_for(self, entities: Iterable[str]) -> list[TrainDoc]:
+        """The training renderings of `entities` (e.g. ``changed_entities()`` for "changed only")."""
+        wanted = set(entities)
+        return [t for t in self.train_docs if t.entity in wanted]
+
+    # -- (de)serialisation -------------------------------------------------------------------
+    def compute_fingerprint(self) -> str:
+        return compute_fingerprint(self.kb_v0, self.kb_v1, self.questions, self.train_docs, self.train_qa)
+
+    def save(self, out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+        """Write the update as a folder in the on-disk format (optional files only when non-empty)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for key in _FILE_ATTRS:
+            items: Sequence[Any] = getattr(self, key)
+            if key in ("train_docs", "train_qa") and not items:
+                continue
+            write_jsonl(out / FILE_NAMES[key], (item.to_row() for item in items))
+        if meta is not None:
+            (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, for logs."""
+        return {"name": self.name, "fingerprint": self.fingerprint[:12], "kb_v0": len(self.kb_v0),
+                "kb_v1": len(self.kb_v1), "changed_docs": len(self.changed_doc_ids()),
+                "questions": {s: len(qs) for s, qs in self.splits().items()},
+                "train_docs": len(self.train_docs), "train_qa": len(self.train_qa)}
+

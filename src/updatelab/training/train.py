@@ -1,0 +1,334 @@
+"""`train_lora`: LoRA fine-tuning of a causal LM with PEFT inside a Lightning Trainer.
+
+Layout of `out_dir`:
+
+- ``adapter/``: the trained adapter (``adapter_model.safetensors`` + ``adapter_config.json``),
+  loadable with ``PeftModel.from_pretrained(base_model, out_dir / "adapter")``;
+- ``checkpoints/last.ckpt``: the latest Lightning checkpoint, adapter tensors + AdamW state
+  only (~3x the adapter, never the base model). It is written every
+  `checkpoint_every_n_steps` optimizer steps and once more when training ends, and it is
+  **kept** after a successful run: it is small, and it makes `train_lora` resumable and
+  extendable: a call on an `out_dir` that holds it continues from its step (an interrupted
+  run continues where it stopped; the same call again returns at once with the trained
+  adapter; a larger `max_steps` trains on from the saved step). A checkpoint written by a
+  different run (data, seed, batching or adapter shape) is refused with an error.
+
+`model` is modified in place: PEFT injects the LoRA layers into it. Its original weights are
+never changed (only LoRA parameters require grad; a test checks bit-identity), and
+``peft_model.unload()`` gives back the original module without the LoRA layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from updatelab.training.datamodule import LoraDataModule
+from updatelab.training.examples import TrainExample, TrainStats
+from updatelab.training.module import LoraLightningModule
+
+log = logging.getLogger(__name__)
+
+LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+ADAPTER_DEFAULTS: dict[str, Any] = {
+    "r": 16,
+    "alpha": 32,
+    "dropout": 0.05,
+    "target_modules": None,  # None: every linear layer of attention and MLP (PEFT "all-linear", no lm_head)
+    "lr": 5e-4,
+    "weight_decay": 0.0,
+    "epochs": 8,
+    "max_steps": None,  # None: derived from epochs
+    "batch_size": 16,
+    "max_length": 128,
+    "warmup_ratio": 0.05,
+    "scheduler": "cosine",
+    "min_lr_ratio": 0.0,
+    "pad_to_multiple_of": None,
+}
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "accelerator": "cpu",
+    "devices": 1,
+    "strategy": "auto",
+    "precision": None,  # None/"auto": bf16-mixed where the device supports bf16, else 32-true / 16-mixed
+    "log_every_n_steps": 1,
+    "checkpoint_every_n_steps": None,  # None: once per epoch's worth of steps
+    "enable_progress_bar": True,
+    "gradient_clip_val": 1.0,
+    "accumulate_grad_batches": 1,
+    "deterministic": None,  # True also calls torch.use_deterministic_algorithms (process-wide)
+}
+
+# Keys of the trainer config that this module consumes; any other key is passed to pl.Trainer.
+_OWN_TRAINER_KEYS = set(TRAINER_DEFAULTS) | {"num_nodes", "callbacks"}
+
+
+def resolve_precision(precision: Any, accelerator: str) -> str:
+    """`None`/"auto": bf16-mixed when the device computes bf16 natively, else a safe fallback."""
+    if precision not in (None, "auto"):
+        return str(precision)
+    acc = str(accelerator).lower()
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed"
+        return "16-mixed"
+    if acc in ("cpu", "auto"):
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+            torch.cpu, "_is_amx_tile_supported", lambda: False
+        )()
+        return "bf16-mixed" if native else "32-true"
+    return "32-true"
+
+
+def build_lora_config(adapter_cfg: Mapping[str, Any]):
+    from peft import LoraConfig, TaskType
+
+    targets = adapter_cfg.get("target_modules")
+    if targets is None:
+        targets = "all-linear"
+    elif not isinstance(targets, str):
+        targets = list(targets)
+    return LoraConfig(
+        r=int(adapter_cfg["r"]),
+        lora_alpha=float(adapter_cfg["alpha"]),
+        lora_dropout=float(adapter_cfg["dropout"]),
+        target_modules=targets,
+        bias="none",
+        task_type=TaskType.CAUSAL_LM,
+    )
+
+
+class FinalStepCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` (last.ckpt only) that also saves at the final optimizer step.
+
+    Lightning's own end-of-training save (`on_train_end`) is skipped once any periodic
+    checkpoint exists, and when it does run it records a post-loop state ("epoch finished")
+    from which a resume skips the rest of the epoch. Saving at the final batch end instead
+    records the same loop state as a periodic save.
+    """
+
+    def __init__(self, dirpath: Path, every_n_train_steps: int):
+        super().__init__(
+            dirpath=dirpath,
+            save_top_k=0,  # no step-named files: only last.ckpt
+            save_last=True,
+            every_n_train_steps=every_n_train_steps,
+            enable_version_counter=False,  # overwrite last.ckpt, never write last-v1.ckpt
+        )
+        self.every = int(every_n_train_steps)
+        self.last_path = str(Path(dirpath) / "last.ckpt")
+        self._final_saved_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        step = trainer.global_step
+        final = trainer.max_steps > 0 and step >= trainer.max_steps
+        if final and step % self.every != 0 and self._final_saved_step != step:
+            self._final_saved_step = step
+            trainer.save_checkpoint(self.last_path, weights_only=False)  # False = with optimizer state
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning would save last.ckpt here when this session made no periodic save, but
+        # after the loop has ended the loop state says "epoch finished": a resume from it
+        # skips the rest of the epoch. The final batch-end save above is the correct one.
+        return
+
+
+def _fingerprint(data: LoraDataModule, acfg: Mapping[str, Any], seed: int) -> str:
+    h = hashlib.sha256()
+    for it in data.items:
+        h.update(it.input_ids.numpy().tobytes())
+        h.update(it.labels.numpy().tobytes())
+    targets = acfg.get("target_modules")
+    shape = (int(acfg["r"]), float(acfg["alpha"]), targets if isinstance(targets, str) or targets is None else sorted(targets))
+    h.update(repr((shape, data.batch_size, seed)).encode())
+    return h.hexdigest()[:16]
+
+
+def _trainer_world_size(tcfg: Mapping[str, Any], precision: str, extra: Mapping[str, Any]) -> int:
+    """World size the Trainer will use (devices x nodes), resolved by Lightning itself."""
+    probe = pl.Trainer(
+        accelerator=tcfg["accelerator"],
+        devices=tcfg["devices"],
+        strategy=tcfg["strategy"],
+        num_nodes=int(tcfg.get("num_nodes") or 1),
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **extra,
+    )
+    return int(probe.world_size)
+
+
+def train_lora(
+    model,
+    tokenizer,
+    examples: Sequence[TrainExample],
+    adapter_cfg: Mapping[str, Any],
+    trainer_cfg: Mapping[str, Any],
+    out_dir: str | Path,
+    seed: int,
+    logger=None,
+    progress: bool = True,
+):
+    """Train a LoRA adapter on `examples`; return ``(peft_model in eval mode, TrainStats)``.
+
+    `adapter_cfg` keys (see `ADAPTER_DEFAULTS`): r, alpha, dropout, target_modules (list of
+    module names, "all-linear" or None = all attention+MLP linears), lr, weight_decay, epochs,
+    max_steps (None = epochs), batch_size, max_length, warmup_ratio, scheduler
+    ("cosine" | "constant"), min_lr_ratio, pad_to_multiple_of.
+    `trainer_cfg` keys (see `TRAINER_DEFAULTS`): accelerator, devices, strategy, precision,
+    log_every_n_steps, checkpoint_every_n_steps, enable_progress_bar, gradient_clip_val,
+    accumulate_grad_batches, deterministic, callbacks (extra callback objects); other keys go
+    to `pl.Trainer` unchanged.
+    `logger`: a Lightning logger (e.g. a `WandbLogger` on the caller's run) or None.
+    """
+    from peft import PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        raise ValueError("train_lora expects the base model, not a PeftModel (unload() it first)")
+    acfg = {**ADAPTER_DEFAULTS, **{k: v for k, v in dict(adapter_cfg).items()}}
+    tcfg = {**TRAINER_DEFAULTS, **{k: v for k, v in dict(trainer_cfg).items()}}
+    extra = {k: v for k, v in tcfg.items() if k not in _OWN_TRAINER_KEYS}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    last_ckpt = ckpt_dir / "last.ckpt"
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    data = LoraDataModule(
+        tokenizer,
+        examples,
+        batch_size=int(acfg["batch_size"]),
+        max_length=int(acfg["max_length"]),
+        seed=seed,
+        pad_to_multiple_of=acfg.get("pad_to_multiple_of"),
+    )
+
+    with warnings.catch_warnings():
+        # peft 0.21 reads `model.is_gradient_checkpointing`, deprecated in transformers 5.
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, build_lora_config(acfg))
+    bad = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
+    if bad:
+        raise RuntimeError(f"non-LoRA parameters require grad: {bad[:5]}")
+    trainable, total = peft_model.get_nb_trainable_parameters()
+
+    precision = resolve_precision(tcfg.get("precision"), tcfg["accelerator"])
+    accum = int(tcfg.get("accumulate_grad_batches") or 1)
+    max_steps = acfg.get("max_steps")
+    epochs = float(acfg["epochs"])
+    world = 1
+    single = str(tcfg["devices"]) in ("1", "[0]") and int(tcfg.get("num_nodes") or 1) == 1
+    if not single:
+        world = _trainer_world_size(tcfg, precision, extra)
+    steps_per_epoch = math.ceil(data.batches_per_epoch(world) / accum)
+    if max_steps is None:
+        max_steps = max(1, math.ceil(epochs * steps_per_epoch))
+    max_steps = int(max_steps)
+    every = tcfg.get("checkpoint_every_n_steps") or steps_per_epoch
+
+    module = LoraLightningModule(
+        peft_model,
+        lr=acfg["lr"],
+        weight_decay=acfg["weight_decay"],
+        warmup_ratio=acfg["warmup_ratio"],
+        scheduler=acfg["scheduler"],
+        min_lr_ratio=acfg.get("min_lr_ratio") or 0.0,
+        fingerprint=_fingerprint(data, acfg, seed),
+    )
+    checkpoint_cb = FinalStepCheckpoint(ckpt_dir, int(every))
+    trainer = pl.Trainer(
+        accelerator=tcfg["accelerator"],
+        devices=tcfg["devices"],
+        strategy=tcfg["strategy"],
+        num_nodes=int(tcfg.get("num_nodes") or 1),
+        precision=precision,
+        max_steps=max_steps,
+        # max_steps decides; max_epochs (the epochs those steps touch) only labels the progress bar
+        max_epochs=math.ceil(max_steps / steps_per_epoch),
+        log_every_n_steps=int(tcfg["log_every_n_steps"]),
+        enable_progress_bar=bool(progress and tcfg["enable_progress_bar"]),
+        gradient_clip_val=tcfg.get("gradient_clip_val"),
+        accumulate_grad_batches=accum,
+        deterministic=tcfg.get("deterministic"),
+        callbacks=[checkpoint_cb, *(tcfg.get("callbacks") or [])],
+        logger=logger if logger is not None else False,
+        default_root_dir=str(out_dir),
+        use_distributed_sampler=False,  # the bucket sampler shards batches itself
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **extra,
+    )
+
+    ckpt_path = str(last_ckpt) if last_ckpt.exists() else None
+    log.info(
+        "LoRA r=%s on %s: %d/%d trainable params; %d seqs, %d tokens/epoch (%.1f%% padding), "
+        "%d steps, precision %s%s",
+        acfg["r"], acfg.get("target_modules") or "all-linear", trainable, total, data.num_sequences,
+        data.tokens_per_epoch, 100 * data.padding_fraction, max_steps, precision,
+        f", resuming from {ckpt_path}" if ckpt_path else "",
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # num_workers=0 is deliberate (data is in memory); out_dir/checkpoints is reused on purpose.
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+    wall = time.perf_counter() - t0
+
+    peft_model.eval()
+    tokens, trained_tokens, micro = module.global_counters()
+    wall_s = module.prior_wall_s + wall  # the whole run, as the counters
+
+    adapter_dir = out_dir / "adapter"
+    if trainer.is_global_zero:
+        peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    trainer.strategy.barrier("train_lora.save_adapter")
+    weights = adapter_dir / "adapter_model.safetensors"
+    adapter_bytes = weights.stat().st_size if weights.exists() else 0
+
+    curve = list(module.loss_curve)
+    tail = curve[-10:]
+    stats = TrainStats(
+        steps=int(trainer.global_step),
+        epochs=micro / max(1, data.batches_per_epoch(trainer.world_size) * trainer.world_size),
+        tokens=tokens,
+        trained_tokens=trained_tokens,
+        wall_s=wall_s,
+        tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
+        final_loss=sum(tail) / len(tail) if tail else float("nan"),
+        loss_curve=curve,
+        trainable_params=int(trainable),
+        total_params=int(total),
+        adapter_bytes=int(adapter_bytes),
+        adapter_path=str(adapter_dir),
+        resumed_from_step=int(module.resumed_from_step),
+        padding_fraction=float(data.padding_fraction),
+    )
+    if logger is not None:
+        logger.log_metrics(
+            {
+                "train/tokens_per_s": stats.tokens_per_s,
+                "train/wall_s": stats.wall_s,
+                "train/tokens": stats.tokens,
+                "train/trained_tokens": stats.trained_tokens,
+                "train/final_loss": stats.final_loss,
+                "train/adapter_bytes": stats.adapter_bytes,
+            },
+            step=stats.steps,
+        )
+    return peft_model, stats

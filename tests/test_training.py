@@ -1,0 +1,402 @@
+"""updatelab.training: LoRA fine-tuning with PEFT in Lightning, on a tiny offline Llama."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+pl = pytest.importorskip("pytorch_lightning")
+pytest.importorskip("peft")
+
+from pytorch_lightning.loggers import Logger  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+from updatelab.training.datamodule import (  # noqa: E402
+    IGNORE_INDEX,
+    LoraDataModule,
+    padding_fraction,
+    random_batches,
+    tokenize_examples,
+)
+from updatelab.training.examples import TrainExample, TrainStats  # noqa: E402
+from updatelab.training.train import train_lora  # noqa: E402
+
+WORDS = (
+    "the capital of france is paris italy rome spain madrid water boils at one hundred degrees who "
+    "president club alice joined company in twenty bob leads research team now answer what user assistant"
+).split()
+SENTENCES = [
+    "the capital of france is paris",
+    "the capital of italy is rome",
+    "water boils at one hundred degrees",
+    "madrid is the capital of spain",
+    "alice joined the company in twenty twenty",
+    "bob leads the research team now",
+    "who is the president of the club",
+    "the answer is paris",
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant : {% endif %}"
+)
+ADAPTER = {"r": 4, "alpha": 8, "dropout": 0.05, "lr": 1e-2, "batch_size": 4, "max_length": 64, "warmup_ratio": 0.1}
+TRAINER = {"accelerator": "cpu", "devices": 1, "precision": "bf16-mixed", "enable_progress_bar": False}
+
+
+def make_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator([" ".join(WORDS)], trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<bos>", "<eos>"]))
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    t = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )
+    t.chat_template = CHAT_TEMPLATE
+    return t
+
+
+def make_model(tok, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def qa(tok, question: str, answer: str) -> TrainExample:
+    prompt = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    return TrainExample(prompt=prompt, completion=answer + " " + tok.eos_token, add_eos=False)
+
+
+def make_examples(tok) -> list[TrainExample]:
+    docs = [TrainExample("", s) for s in SENTENCES]
+    return docs + [qa(tok, "what is the capital of spain", "madrid"), qa(tok, "who leads the research team", "bob")]
+
+
+def run(tok, model, out_dir, adapter=None, trainer=None, seed=0, **kw):
+    return train_lora(
+        model, tok, make_examples(tok), {**ADAPTER, **(adapter or {})}, {**TRAINER, **(trainer or {})},
+        out_dir=out_dir, seed=seed, progress=False, **kw,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny matmuls gain nothing from threads, and on a shared, loaded machine OpenMP barriers
+    # made each op ~100x slower (9 steps: 9 s with 2 threads vs 0.3 s with 1).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+class StepRecorder(pl.Callback):
+    def __init__(self, stop_at: int | None = None):
+        self.steps: list[int] = []
+        self.batches: list[list[int]] = []
+        self.stop_at = stop_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.stop_at is not None and trainer.global_step == self.stop_at:
+            raise KeyError("simulated preemption")  # not KeyboardInterrupt: Lightning turns it into sys.exit(1)
+        self.steps.append(trainer.global_step)
+        self.batches.append(batch["input_ids"][batch["attention_mask"].bool()].tolist())
+        self.all_training = getattr(self, "all_training", True) and all(m.training for m in pl_module.modules())
+
+
+class MemoryLogger(Logger):
+    def __init__(self):
+        super().__init__()
+        self.metrics: list[tuple[int | None, dict]] = []
+
+    @property
+    def name(self):
+        return "memory"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append((step, dict(metrics)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def lora_state(peft_model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_" in n}
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_one_step_changes_only_adapter_weights(tok, tmp_path):
+    model = make_model(tok)
+    params = dict(model.named_parameters())  # the same Parameter objects live on inside the PeftModel
+    before = {n: p.detach().clone() for n, p in params.items()}
+    assert not model.training  # as `load_lm` hands it over
+    rec = StepRecorder()
+    peft_model, stats = run(tok, model, tmp_path, adapter={"max_steps": 1}, trainer={"callbacks": [rec]})
+    assert stats.steps == 1 and len(stats.loss_curve) == 1
+    assert rec.all_training  # LoRA dropout active while training ...
+    assert not any(m.training for m in peft_model.modules())  # ... and eval mode on return
+
+    lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    # B starts at zero and moves at step 1 (A's gradient is zero while B == 0).
+    changed_b = [n for n, p in lora.items() if "lora_B" in n and p.abs().sum() > 0]
+    assert len(changed_b) == sum("lora_B" in n for n in lora)
+    others = [(n, p) for n, p in peft_model.named_parameters() if "lora_" not in n]
+    assert len(others) == len(params)
+    assert not any(p.requires_grad for _, p in others)
+    for n, p in params.items():
+        assert torch.equal(p.detach(), before[n]), f"base parameter {n} changed"
+
+
+def test_base_weights_identical_after_training_and_unload_restores_model(tok, tmp_path):
+    model = make_model(tok)
+    ids = torch.tensor([tok("the capital of spain is madrid")["input_ids"]])
+    with torch.no_grad():
+        ref_logits = model(input_ids=ids).logits.clone()
+    ref_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    peft_model, stats = run(tok, model, tmp_path, adapter={"epochs": 3})
+    assert stats.steps == 3 * 3 and stats.epochs == pytest.approx(3.0)
+    assert not peft_model.training
+
+    base = peft_model.get_base_model()
+    with torch.no_grad():
+        tuned_logits = peft_model(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            off_logits = peft_model(input_ids=ids).logits
+    assert not torch.equal(tuned_logits, ref_logits)  # the adapter does something
+    assert torch.equal(off_logits, ref_logits)
+
+    base_params = {n.replace(".base_layer", ""): p for n, p in base.named_parameters() if "lora_" not in n}
+    assert set(base_params) == set(n for n, _ in make_model(tok).named_parameters())
+    for n, p in base_params.items():
+        assert torch.equal(p.detach(), ref_state[n]), n
+
+    unloaded = peft_model.unload()
+    assert not any("lora_" in k for k in unloaded.state_dict())
+    for k, v in unloaded.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+    with torch.no_grad():
+        assert torch.equal(unloaded(input_ids=ids).logits, ref_logits)
+
+
+def test_prompt_masked_and_only_completion_tokens_trained(tok, tmp_path):
+    prompt_ex = qa(tok, "what is the capital of spain", "madrid")
+    doc_ex = TrainExample("", "the capital of france is paris")
+    items, counts = tokenize_examples(tok, [prompt_ex, doc_ex], max_length=64)
+    assert counts == {"truncated": 0, "dropped": 0}
+
+    p_ids = tok(prompt_ex.prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tok(prompt_ex.completion, add_special_tokens=False)["input_ids"]
+    assert items[0].input_ids.tolist() == p_ids + c_ids
+    assert items[0].labels.tolist() == [IGNORE_INDEX] * len(p_ids) + c_ids
+    assert c_ids[-1] == tok.eos_token_id  # add_eos=False: no second EOS
+    assert items[0].trained_tokens == len(c_ids)
+
+    d_ids = tok(doc_ex.completion, add_special_tokens=False)["input_ids"]
+    assert items[1].input_ids.tolist() == d_ids + [tok.eos_token_id]  # documents get EOS
+    assert items[1].labels.tolist() == d_ids + [tok.eos_token_id]
+    assert items[1].trained_tokens == len(d_ids)  # position 0 has no prediction
+
+    # A tokenizer that adds BOS by default gets BOS in front of documents (masked context).
+    bos_tok = make_tokenizer(add_bos=True)
+    (bos_item,), _ = tokenize_examples(bos_tok, [doc_ex], max_length=64)
+    assert bos_item.input_ids[0] == bos_tok.bos_token_id and bos_item.labels[0] == IGNORE_INDEX
+    assert bos_item.trained_tokens == len(d_ids) + 1
+
+    # Truncation, and prompts that leave no completion token are dropped.
+    long_prompt = TrainExample("the " * 20, "paris")
+    items, counts = tokenize_examples(tok, [doc_ex, long_prompt], max_length=5)
+    assert counts == {"truncated": 2, "dropped": 1} and len(items) == 1 and items[0].length == 5
+
+    # One epoch of training counts exactly these tokens.
+    examples = [prompt_ex, doc_ex]
+    items, _ = tokenize_examples(tok, examples, max_length=64)
+    _, stats = train_lora(
+        make_model(tok), tok, examples, {**ADAPTER, "epochs": 1, "batch_size": 2}, TRAINER, tmp_path, seed=0, progress=False
+    )
+    assert stats.steps == 1
+    assert stats.tokens == sum(it.length for it in items)
+    assert stats.trained_tokens == sum(it.trained_tokens for it in items) == len(c_ids) + len(d_ids)
+
+
+def test_length_bucketing_batches_similar_lengths(tok):
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(2, 60, (96,), generator=g).tolist()
+    examples = [TrainExample("", " ".join(WORDS[(i + j) % len(WORDS)] for j in range(n))) for i, n in enumerate(lengths)]
+    dm = LoraDataModule(tok, examples, batch_size=8, max_length=128, seed=0)
+    dm.setup("fit")
+    true_lengths = dm.lengths
+
+    seen, widths = [], []
+    for batch in dm.train_dataloader():
+        real = batch["attention_mask"].sum(1)
+        assert batch["input_ids"].shape[1] == int(real.max())  # padded to the batch's own max
+        assert (batch["attention_mask"][:, 0] == 1).all()  # right padding
+        assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+        widths.append(int(real.max() - real.min()))
+        seen += real.tolist()
+    assert sorted(seen) == sorted(true_lengths)  # every sequence once per epoch
+    assert max(widths) <= 8  # batches hold similar lengths
+
+    bucketed = dm.padding_fraction
+    shuffled = padding_fraction(random_batches(len(true_lengths), 8, seed=0), true_lengths)
+    assert bucketed < 0.1 and shuffled > 0.3 and bucketed < shuffled / 4, (bucketed, shuffled)
+
+    # Batch order is reshuffled per epoch (seeded), batch contents stay the buckets.
+    s = dm.order_sampler
+    assert s.epoch_order(0) != s.epoch_order(1)
+    assert sorted(s.epoch_order(0)) == sorted(s.epoch_order(1)) == list(range(len(dm.buckets)))
+    assert LoraDataModule(tok, examples, batch_size=8, max_length=128, seed=0).buckets == dm.buckets
+
+
+def test_resume_continues_from_checkpoint_with_adapter_only_tensors(tok, tmp_path):
+    rec1 = StepRecorder()
+    _, s1 = run(tok, make_model(tok), tmp_path, adapter={"max_steps": 4}, trainer={"checkpoint_every_n_steps": 2, "callbacks": [rec1]})
+    assert rec1.steps == [0, 1, 2, 3] and s1.steps == 4
+    ckpt_file = tmp_path / "checkpoints" / "last.ckpt"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["last.ckpt"]
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    assert ckpt["global_step"] == 4
+
+    rec2 = StepRecorder()
+    peft_model, s2 = run(tok, make_model(tok), tmp_path, adapter={"max_steps": 6}, trainer={"checkpoint_every_n_steps": 2, "callbacks": [rec2]})
+    assert rec2.steps == [4, 5]  # started at step 4, not 0
+    fresh = StepRecorder()
+    run(tok, make_model(tok), tmp_path / "fresh", adapter={"max_steps": 6}, trainer={"callbacks": [fresh]})
+    assert rec2.batches == fresh.batches[4:]  # and with the batches that follow step 4
+    assert s2.resumed_from_step == 4 and s2.steps == 6 and len(s2.loss_curve) == 6
+    assert s2.loss_curve[:4] == s1.loss_curve
+
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    assert ckpt["global_step"] == 6
+    sd = ckpt["state_dict"]
+    assert sd and all("lora_" in k for k in sd)  # no base weights
+    assert sum(v.numel() for v in sd.values()) == s2.trainable_params
+    n_adapter_bytes = 4 * s2.trainable_params
+    base_bytes = 4 * (s2.total_params - s2.trainable_params)
+    # adapter + two AdamW moments + small loop state; the base would not fit in this budget
+    assert ckpt_file.stat().st_size < 3 * n_adapter_bytes + base_bytes // 2
+    assert ckpt_file.stat().st_size < 3 * n_adapter_bytes + 64_000
+
+
+@pytest.mark.parametrize("every,stop_at", [(4, 6), (3, 7)], ids=["mid-epoch-ckpt", "epoch-end-ckpt"])
+def test_interrupted_run_resumes_exactly(tok, tmp_path, every, stop_at):
+    # 10 sequences, batch 2, 2 accumulated micro-batches: 5 batches and 3 steps (the last one
+    # partial) per epoch; 9 steps. Checkpoint at 4 lies mid-epoch, at 6 on an epoch's last batch.
+    common = {"adapter": {"epochs": 3, "batch_size": 2}, "trainer": {"checkpoint_every_n_steps": every, "accumulate_grad_batches": 2}}
+    full_rec = StepRecorder()
+    _, full = run(tok, make_model(tok), tmp_path / "full", adapter=common["adapter"], trainer={**common["trainer"], "callbacks": [full_rec]})
+    assert full.steps == 9
+    cut_rec = StepRecorder(stop_at=stop_at)
+    with pytest.raises(KeyError):
+        run(tok, make_model(tok), tmp_path / "cut", adapter=common["adapter"], trainer={**common["trainer"], "callbacks": [cut_rec]})
+    resumed_rec = StepRecorder()
+    resumed_model, resumed = run(tok, make_model(tok), tmp_path / "cut", adapter=common["adapter"], trainer={**common["trainer"], "callbacks": [resumed_rec]})
+    last_ckpt = stop_at // every * every
+    assert resumed.resumed_from_step == last_ckpt and resumed.steps == full.steps
+
+    # The resumed run sees exactly the batches the uninterrupted run saw after that step ...
+    done = 2 * last_ckpt - last_ckpt // 3  # micro-batches before the checkpoint (3 steps = 5 batches)
+    assert resumed_rec.batches == full_rec.batches[done:]
+    # ... with the same RNG (dropout) and optimizer state: bit-identical losses and adapter.
+    assert resumed.loss_curve == full.loss_curve
+    assert resumed.tokens == full.tokens and resumed.trained_tokens == full.trained_tokens
+    from safetensors.torch import load_file
+
+    a = load_file(str(Path(full.adapter_path) / "adapter_model.safetensors"))
+    b = load_file(str(Path(resumed.adapter_path) / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # Calling again on a finished out_dir returns at once with the same adapter.
+    trained = lora_state(resumed_model)
+    again_model, again = run(tok, make_model(tok), tmp_path / "cut", **common)
+    assert again.resumed_from_step == again.steps == full.steps and again.loss_curve == full.loss_curve
+    assert again.tokens == full.tokens and again.wall_s > 0 and again.tokens_per_s > 0  # whole-run cost
+    assert all(torch.equal(p, trained[n]) for n, p in lora_state(again_model).items())
+
+
+def test_refuses_checkpoint_of_a_different_run(tok, tmp_path):
+    run(tok, make_model(tok), tmp_path, adapter={"max_steps": 2})
+    with pytest.raises(ValueError, match="different run"):
+        run(tok, make_model(tok), tmp_path, adapter={"max_steps": 4}, seed=1)
+
+
+def test_adapter_saved_as_safetensors_with_size(tok, tmp_path):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    peft_model, stats = run(tok, make_model(tok), tmp_path, adapter={"epochs": 2})
+    path = Path(stats.adapter_path)
+    assert path == tmp_path / "adapter"
+    weights = path / "adapter_model.safetensors"
+    assert weights.exists() and not (path / "adapter_model.bin").exists()
+    assert stats.adapter_bytes == weights.stat().st_size > 0
+    tensors = load_file(str(weights))
+    assert tensors and all("lora_" in k for k in tensors)
+    assert sum(t.numel() for t in tensors.values()) == stats.trainable_params
+    assert json.loads((path / "adapter_config.json").read_text())["r"] == ADAPTER["r"]
+
+    # Reloading onto a fresh copy of the base gives the same model.
+    ids = torch.tensor([tok("the capital of spain is madrid")["input_ids"]])
+    reloaded = PeftModel.from_pretrained(make_model(tok), str(path)).eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, peft_model(input_ids=ids).logits)
+
+
+def test_stats_logging_and_determinism(tok, tmp_path):
+    logger = MemoryLogger()
+    _, a = run(tok, make_model(tok), tmp_path / "a", adapter={"epochs": 2}, logger=logger)
+    _, b = run(tok, make_model(tok), tmp_path / "b", adapter={"epochs": 2})
+    assert isinstance(a, TrainStats)
+    assert a.loss_curve == b.loss_curve and a.steps == 6 and len(a.loss_curve) == 6
+    assert a.tokens > a.trained_tokens > 0 and a.tokens_per_s > 0 and a.wall_s > 0
+    assert a.final_loss == pytest.approx(sum(a.loss_curve) / len(a.loss_curve))
+    assert 0 < a.trainable_params < a.total_params
+    assert a.padding_fraction < 0.5
+    keys = [set(m) for _, m in logger.metrics]
+    assert sum("train/loss" in k for k in keys) == a.steps
+    assert sum("train/lr" in k for k in keys) == a.steps
+    assert any("train/tokens_per_s" in k for k in keys)
+    json.dumps(a.to_dict())  # what the strategy stores
+
+
+def test_all_linear_targets_and_constant_schedule(tok, tmp_path):
+    peft_model, stats = run(tok, make_model(tok), tmp_path, adapter={"max_steps": 2, "target_modules": "all-linear", "scheduler": "constant"})
+    wrapped = {n.split(".")[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert stats.steps == 2

@@ -7,7 +7,7 @@ import pytest
 
 from updatelab.run import run_cell
 
-TINY = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "threads=2"]
+TINY = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "threads=1"]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_results_file_holds_the_required_keys(tiny_runs):
         assert key in data
     assert set(data["metrics"]) >= {"updated", "paraphrased", "unchanged", "general", "retrieval"}
     assert {"em", "f1", "contains", "n"} <= set(data["metrics"]["updated"])
-    assert {"recall@3", "mrr"} <= set(data["metrics"]["retrieval"])
+    assert {f"recall@{data['config']['eval']['top_k']}", "mrr"} <= set(data["metrics"]["retrieval"])
     assert {"split", "question", "gold", "prediction", "correct"} <= set(data["predictions"][0])
 
 
@@ -91,3 +91,49 @@ def test_a_finished_cell_is_skipped_on_rerun(tiny_runs):
     before = path.stat().st_mtime_ns
     assert run_cell(cfgs["stale"], out_dir=root / "out" / "again") is None
     assert path.stat().st_mtime_ns == before
+
+
+@pytest.fixture(scope="module")
+def tiny_lora(tmp_path_factory):
+    """A lora cell trained for a few steps at a high learning rate: enough to move the model."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import SHARED_CACHE
+    from updatelab.run import CONFIG_DIR
+
+    root = tmp_path_factory.mktemp("lora")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("UPDATELAB_ROOT", str(root))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.cache_dir={root / 'cache'}", f"paths.data_dir={root / 'data'}",
+                                            "logger=none", "progress=false", "strategy=lora", "adapter.max_steps=3",
+                                            "adapter.lr=1e-2", "adapter.batch_size=8", "trainer.enable_progress_bar=false",
+                                            "model.name=smollm2-135m-instruct", *TINY])
+    # The converted model is shared; everything else (adapters, probe states) is private to this test.
+    (root / "cache" / "models").mkdir(parents=True)
+    (root / "cache" / "models" / "smollm2-135m-instruct").symlink_to(SHARED_CACHE / "models" / "smollm2-135m-instruct")
+    rec = run_cell(cfg, out_dir=root / "out")
+    yield rec, root
+    mp.undo()
+
+
+def test_lora_trains_an_adapter_and_leaves_base_weights_untouched(tiny_lora):
+    rec, root = tiny_lora
+    lm = rec["shift"]["lm"]
+    assert lm["has_adapter"] and lm["base_weights_untouched"]
+    assert rec["cost"]["train"]["steps"] == 3 and rec["cost"]["train"]["adapter_bytes"] > 0
+    from pathlib import Path
+
+    assert (Path(rec["artifacts"]["adapter"]["path"]) / "adapter_model.safetensors").exists()
+
+
+def test_lora_moves_the_latent_space(tiny_lora):
+    cka = tiny_lora[0]["shift"]["lm"]["cka_per_layer"]
+    assert cka[0] == 1.0  # the embedding output: LoRA adapts no embedding
+    assert min(cka[1:]) < 1.0
+
+
+def test_lora_answers_closed_book(tiny_lora):
+    rec = tiny_lora[0]
+    assert "retrieval" not in rec["metrics"] and "retrieve" not in rec["cost"]
+    assert all("retrieved" not in p for p in rec["predictions"])

@@ -17,7 +17,8 @@ from updatelab.strategies.base import RunContext, System
 
 
 def prompt_builder(eval_cfg: Any) -> PromptBuilder:
-    return PromptBuilder(system=eval_cfg.system_prompt, rag_user=eval_cfg.rag_user, closed_user=eval_cfg.closed_user)
+    return PromptBuilder(system=eval_cfg.system_prompt, rag_user=eval_cfg.rag_user, closed_user=eval_cfg.closed_user,
+                         rag_system=eval_cfg.get("rag_system_prompt"))
 
 
 def retrieve(system: System, questions: Sequence[Question], k: int, ctx: RunContext) -> list[list[int]]:

@@ -42,19 +42,22 @@ class PromptBuilder:
     string with perfect retrieval).
     """
 
-    system: str
+    system: str  # closed-book system turn
     rag_user: str
     closed_user: str
+    rag_system: str | None = None  # system turn when passages are given (default: `system`)
 
     def messages(self, question: str, passages: Sequence[str] | None) -> list[dict[str, str]]:
         if passages is None:
             user = self.closed_user.format(question=question)
         else:
-            context = "\n".join(f"[{i + 1}] {p}" for i, p in enumerate(passages))
+            # Unnumbered passages: with "[1] ..." the 135M model tends to echo the markers.
+            context = "\n".join(passages)
             user = self.rag_user.format(question=question, context=context)
         msgs = [{"role": "user", "content": user}]
-        if self.system:
-            msgs.insert(0, {"role": "system", "content": self.system})
+        system = self.system if passages is None or self.rag_system is None else self.rag_system
+        if system:
+            msgs.insert(0, {"role": "system", "content": system})
         return msgs
 
     def render(self, tokenizer, question: str, passages: Sequence[str] | None) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -55,14 +57,36 @@ def build_base_system(cfg: DictConfig, update: KnowledgeUpdate, cache: Embedding
     return base, setup, ctx.notes.get("embed_stats", [None])[0]
 
 
-def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_dir: Path) -> dict[str, Any]:
+def is_rank_zero() -> bool:
+    """False in the extra processes of a cell that trains with DDP (known before any process group).
+
+    Lightning's own DDP children get LOCAL_RANK (and NODE_RANK), SLURM tasks SLURM_PROCID,
+    torchrun RANK. submitit's local executor sets only SUBMITIT_LOCAL_*: they are exported as
+    the torch.distributed variables, so that Lightning treats its tasks as externally launched
+    ranks, as it treats SLURM's (it cannot start processes itself inside a submitit task).
+    """
+    env = os.environ
+    if env.get("SUBMITIT_EXECUTOR") == "local" and int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1 and "RANK" not in env:
+        env.update(RANK=env["SUBMITIT_LOCAL_GLOBALID"], LOCAL_RANK=env["SUBMITIT_LOCAL_LOCALID"],
+                   WORLD_SIZE=env["SUBMITIT_LOCAL_NTASKS"], MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(20000 + int(env["SUBMITIT_LOCAL_JOB_ID"]) % 20000))
+    rank = next((env[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID") if k in env), "0")
+    return int(rank) == 0 and int(env.get("NODE_RANK", "0")) == 0
+
+
+def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_dir: Path) -> dict[str, Any] | None:
+    """Run one cell; in a DDP cell only rank 0 evaluates and records (the other ranks return None
+    after training, and open no W&B run)."""
     import pytorch_lightning as pl
 
+    rank_zero = is_rank_zero()
+    if not rank_zero and "trainer" not in getattr(strategy, "config_groups", ()):
+        return None  # nothing to train: rank 0 does the whole cell
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    with wb.wandb_run(cfg.logger, resolved, run_id, out_dir) as run:
+    with wb.wandb_run(cfg.logger, resolved, run_id, out_dir) if rank_zero else contextlib.nullcontext() as run:
         update = load_knowledge_update(cfg.data, cfg.paths.data_dir)
         log.info("[%s] knowledge update %s: KB v0 %d docs -> v1 %d docs, %d questions",
                  run_id, update.name, len(update.kb_v0), len(update.kb_v1), len(update.questions))
@@ -74,9 +98,11 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
         ctx = RunContext(cfg=cfg, ledger=ledger, embedding_cache=cache, out_dir=out_dir, seed=cfg.seed,
                          artifact_dir=target.with_suffix(""), logger=wb.lightning_logger(run), progress=cfg.progress)
         ctx.notes["base_embed_stats"] = base_embed
-        probe = ShiftProbe(cfg, base, update) if cfg.shift.enabled else None
+        probe = ShiftProbe(cfg, base, update) if cfg.shift.enabled and rank_zero else None
         log.info("[%s] applying strategy %s", run_id, strategy.name)
         updated = strategy.apply(base, update, ctx)
+        if not rank_zero:
+            return None
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same decoding state for every arm
         metrics, predictions = evaluate(updated, update.questions, ctx)
         if probe is not None:
@@ -99,8 +125,21 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
             "output_dir": str(out_dir),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        wb.log_summary(run, {"metrics": metrics, "cost": record["cost"]})
+        wb.log_summary(run, {"metrics": metrics, "cost": record["cost"], "shift": _shift_summary(record["shift"])})
+        wb.log_shift(run, record["shift"])
         wb.log_predictions(run, predictions)
         write_results(target, record)
         log.info("[%s] done: %s", run_id, target)
     return record
+
+
+def _shift_summary(shift: dict[str, Any]) -> dict[str, Any]:
+    """Scalars only: the per-layer lists live in the results file and the W&B plots."""
+    out: dict[str, Any] = {}
+    for part in ("lm", "embedder"):
+        d = shift.get(part) or {}
+        out[part] = {k: d[k] for k in ("cka_mean", "cka_min", "base_weights_untouched", "has_adapter") if k in d}
+    drift = shift.get("kb_drift") or {}
+    if "changed" in drift:
+        out["kb_drift"] = {"changed_mean": drift["changed"].get("mean"), "unchanged_mean": drift["unchanged"].get("mean")}
+    return out

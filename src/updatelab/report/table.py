@@ -61,11 +61,20 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
+HEADERS = {"strategy": "arm", "seeds": "seeds", "updated": "updated %", "paraphrased": "paraphr. %", "unchanged": "unchanged %",
+           "general": "general %", "cka_mean": "LM CKA mean", "cka_min": "LM CKA min", "update_s": "update s",
+           "serve_s_per_1k": "serve s/1k q", "wall_s": "arm wall s"}
+
+
 def render(rows: Sequence[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title, caption="accuracy = gold answer contained in the generated answer (%), mean over seeds")
+    table = Table(
+        title=title,
+        caption="% = answers containing the gold answer (mean over seeds); recall = gold document in the top k; "
+        "LM CKA 1.000 = the LM's latent space did not move; update s = one-off update cost; serve s/1k q = serving 1,000 queries",
+    )
     cols = [c for c in rows[0].keys()] if rows else []
     for c in cols:
-        table.add_column(c, justify="left" if c == "strategy" else "right")
+        table.add_column(HEADERS.get(c, c), justify="left" if c == "strategy" else "right")
     for row in rows:
         table.add_row(*[_fmt(row[c], pct=c in SPLITS or c.startswith("recall@")) for c in cols])
     return table
@@ -77,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--results-dir", default="results")
     args = ap.parse_args(argv)
     records = load_results(args.results_dir, args.experiment)
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     if not records:
         console.print(f"no results in {Path(args.results_dir) / args.experiment}")
         return

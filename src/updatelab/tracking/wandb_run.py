@@ -73,3 +73,33 @@ def lightning_logger(run: Any):
     from pytorch_lightning.loggers import WandbLogger
 
     return WandbLogger(experiment=run)
+
+
+def log_shift(run: Any, shift: Mapping[str, Any]) -> None:
+    """CKA by layer as a line plot and the cross-layer matrix as a heatmap image."""
+    lm = shift.get("lm") or {}
+    per_layer = lm.get("cka_per_layer")
+    if not per_layer or getattr(run, "disabled", False):
+        return
+    rows = [[i, v, lin] for i, (v, lin) in enumerate(zip(per_layer, lm.get("cka_linear_per_layer", per_layer)))]
+    table = wandb.Table(columns=["layer", "cka_debiased", "cka_linear"], data=rows)
+    payload: dict[str, Any] = {
+        "shift/cka_by_layer": wandb.plot.line(table, "layer", "cka_debiased", title="LM CKA (base vs arm) by layer"),
+        "shift/cka_table": table,
+    }
+    cross = lm.get("cross_layer")
+    if cross:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4.2))
+        im = ax.imshow(cross, vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set_xlabel("arm layer")
+        ax.set_ylabel("base layer")
+        ax.set_title("cross-layer CKA")
+        fig.colorbar(im, ax=ax)
+        payload["shift/cross_layer"] = wandb.Image(fig)
+        plt.close(fig)
+    run.log(payload)

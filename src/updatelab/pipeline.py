@@ -74,13 +74,31 @@ def is_rank_zero() -> bool:
     return int(rank) == 0 and int(env.get("NODE_RANK", "0")) == 0
 
 
+def check_ddp_launch(cfg: DictConfig) -> None:
+    """Lightning starts the extra DDP ranks by re-running the command line. For one run that is
+    fine (it passes them hydra.run.dir), but in a multirun under Hydra's basic launcher every rank
+    would re-run the whole sweep: refuse, and name the launchers that start the ranks themselves."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    devices = str(cfg.trainer.get("devices", 1))
+    several = (devices.isdigit() and int(devices) > 1) or int(cfg.trainer.get("num_nodes") or 1) > 1
+    external = "LOCAL_RANK" in os.environ or "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if several and not external and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise RuntimeError("a multi-process trainer (trainer.devices > 1) in a sweep needs a launcher that starts "
+                           "one task per device: hydra/launcher=local or hydra/launcher=slurm (tasks_per_node = "
+                           "trainer.devices); Hydra's basic launcher would make every rank re-run the whole sweep")
+
+
 def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_dir: Path) -> dict[str, Any] | None:
     """Run one cell; in a DDP cell only rank 0 evaluates and records (the other ranks return None
     after training, and open no W&B run)."""
     import pytorch_lightning as pl
 
     rank_zero = is_rank_zero()
-    if not rank_zero and "trainer" not in getattr(strategy, "config_groups", ()):
+    if "trainer" in getattr(strategy, "config_groups", ()):
+        check_ddp_launch(cfg)
+    elif not rank_zero:
         return None  # nothing to train: rank 0 does the whole cell
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)

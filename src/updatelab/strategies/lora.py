@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -88,6 +89,7 @@ class Lora(Strategy):
         from peft import PeftModel
 
         from updatelab.evaluation import prompt_builder
+        from updatelab.pipeline import is_rank_zero
         from updatelab.training.train import train_lora
 
         examples = build_training_examples(
@@ -111,13 +113,24 @@ class Lora(Strategy):
                 OmegaConf.to_container(ctx.cfg.trainer, resolve=True), out_dir=train_dir, seed=ctx.seed,
                 logger=ctx.logger, progress=ctx.progress,
             )
-            if self.reuse_adapter:
-                tmp = shared.with_name(shared.name + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(stats.adapter_path, tmp / "adapter")
-                (tmp / "train_stats.json").write_text(json.dumps(stats.to_dict()))
-                shutil.rmtree(shared, ignore_errors=True)
-                tmp.rename(shared)
+            if self.reuse_adapter and is_rank_zero():  # DDP: rank 0 alone saved the adapter
+                # A private temporary folder: concurrent cells (lora and lora_rag of one seed in a
+                # job array) may finish the identical training at the same time.
+                shared.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(prefix=shared.name + ".tmp-", dir=shared.parent))
+                tmp.chmod(0o755)  # mkdtemp makes it 0700
+                try:
+                    shutil.copytree(stats.adapter_path, tmp / "adapter")
+                    (tmp / "train_stats.json").write_text(json.dumps(stats.to_dict()))
+                    if not stats_file.exists():  # else another cell stored the identical adapter first
+                        shutil.rmtree(shared, ignore_errors=True)
+                        try:
+                            tmp.rename(shared)
+                        except OSError:  # ... in between
+                            if not stats_file.exists():
+                                raise
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
             reused = False
         n_base = non_embedding_params(base.lm.get_base_model() if hasattr(base.lm, "get_base_model") else base.lm)
         ctx.ledger.phases["train"] = Phase(

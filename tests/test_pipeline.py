@@ -94,7 +94,7 @@ def test_a_finished_cell_is_skipped_on_rerun(tiny_runs):
 
 
 @pytest.fixture(scope="module")
-def tiny_lora(tmp_path_factory):
+def tiny_lora(tmp_path_factory, converted_lm):
     """A lora cell trained for a few steps at a high learning rate: enough to move the model."""
     from hydra import compose, initialize_config_dir
 
@@ -111,7 +111,7 @@ def tiny_lora(tmp_path_factory):
                                             "model.name=smollm2-135m-instruct", *TINY])
     # The converted model is shared; everything else (adapters, probe states) is private to this test.
     (root / "cache" / "models").mkdir(parents=True)
-    (root / "cache" / "models" / "smollm2-135m-instruct").symlink_to(SHARED_CACHE / "models" / "smollm2-135m-instruct")
+    (root / "cache" / "models" / "smollm2-135m-instruct").symlink_to(converted_lm)
     rec = run_cell(cfg, out_dir=root / "out")
     yield rec, root
     mp.undo()

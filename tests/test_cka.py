@@ -197,6 +197,20 @@ def test_minibatch_accepts_a_stacked_layer_tensor():
     torch.testing.assert_close(from_list.compute()["cross"], from_stack.compute()["cross"], atol=1e-14, rtol=0)
 
 
+def test_float32_gram_option_stays_within_float32_rounding_of_float64():
+    # A near-copy (CKA ~ 1, where rounding shows most) with a large offset on top.
+    x = torch.randn(256, 64, generator=gen(11), dtype=torch.float64)
+    y = x @ random_orthogonal(64, 12) + 0.05 * torch.randn(256, 64, generator=gen(13), dtype=torch.float64)
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        acc = MinibatchCKA(gram_dtype=dtype)
+        for start in range(0, 256, 64):
+            acc.update([x[start : start + 64]], [y[start : start + 64] + 100.0])
+        results.append(float(acc.compute()["cross"][0, 0]))
+    assert results[0] > 0.99
+    assert results[1] == pytest.approx(results[0], abs=1e-6)
+
+
 def test_batch_smaller_than_four_raises_a_clear_error():
     x, y = correlated_pair(3, d_x=4, d_y=4)
     with pytest.raises(ValueError, match=r"unbiased HSIC.*n >= 4"):

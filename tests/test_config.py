@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from updatelab.config_check import UnknownConfigKey, check_overrides
 from updatelab.run import cell_config, run_id_for
 
-ARMS = ["stale", "reembed", "lora", "lora_rag"]
+ARMS = ["stale", "reembed", "lora", "lora_rag", "closed_book"]
 
 
 def test_default_config_composes_and_resolves(compose_cfg):

@@ -14,7 +14,7 @@ from rich.table import Table
 from updatelab.tracking.results import load_results
 
 SPLITS = ("updated", "paraphrased", "unchanged", "general")
-STRATEGY_ORDER = ("stale", "reembed", "lora", "lora_rag")
+STRATEGY_ORDER = ("closed_book", "stale", "reembed", "lora", "lora_rag")
 
 
 def _get(d: dict[str, Any], path: str, default: Any = None) -> Any:

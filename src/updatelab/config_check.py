@@ -8,6 +8,7 @@ without key overrides and, for a key that does not exist, name the valid keys at
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,18 +17,20 @@ class UnknownConfigKey(SystemExit):
     pass
 
 
+def _is_group(key: str) -> bool:
+    from updatelab.run import CONFIG_DIR
+
+    return (Path(CONFIG_DIR) / key).is_dir()
+
+
 def _key_overrides(args: list[str]) -> tuple[list[str], list[str]]:
     groups, keys = [], []
     for a in args:
         if a.startswith("-") or "=" not in a or a.startswith(("+", "~", "hydra.", "hydra/")):
             continue
         key = a.split("=", 1)[0]
-        (keys if "." in key or key in _top_level_keys() else groups).append(a)
+        (keys if "." in key or not _is_group(key) else groups).append(a)
     return groups, keys
-
-
-def _top_level_keys() -> set[str]:
-    return {"name", "seed", "device", "threads", "force", "progress"}
 
 
 def check_overrides(argv: list[str] | None = None) -> None:

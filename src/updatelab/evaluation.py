@@ -26,7 +26,7 @@ def retrieve(system: System, questions: Sequence[Question], k: int, ctx: RunCont
         qvecs, tokens = system.embedder.encode([system.embedder.query_prefix + q.question for q in questions])
         _, ids = search(system.index, qvecs, k)
         ph.tokens += tokens
-        ph.flops += 2.0 * sum(p.numel() for p in system.embedder.model.parameters()) * tokens
+        ph.flops += forward_flops(system.embedder.n_params, tokens)
     return [[int(i) for i in row if i >= 0] for row in ids]
 
 

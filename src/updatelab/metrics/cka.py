@@ -248,6 +248,16 @@ def _nonfinite_error(name: str, self_hsic: torch.Tensor) -> ValueError:
     return ValueError(f"{name} layer(s) {bad} contain NaN or inf")
 
 
+def _paired_batch(feats_a: Layers, feats_b: Layers) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Both sides of one batch as layer lists, checked to hold the same examples."""
+    layers_a = _as_layer_list(feats_a, "feats_a")
+    layers_b = _as_layer_list(feats_b, "feats_b")
+    b = layers_a[0].shape[0]
+    if layers_b[0].shape[0] != b:
+        raise ValueError(f"feats_a and feats_b must hold the same examples: batch {b} != {layers_b[0].shape[0]}")
+    return layers_a, layers_b, b
+
+
 class MinibatchCKA:
     """Unbiased minibatch CKA between every layer of model A and every layer of model B.
 
@@ -349,11 +359,7 @@ class MinibatchCKA:
     @torch.no_grad()
     def update(self, feats_a: Layers, feats_b: Layers) -> None:
         """Add one batch: ``feats_a[i]`` is layer i of model A, shape (b, d_i); same for B."""
-        layers_a = _as_layer_list(feats_a, "feats_a")
-        layers_b = _as_layer_list(feats_b, "feats_b")
-        b = layers_a[0].shape[0]
-        if layers_b[0].shape[0] != b:
-            raise ValueError(f"feats_a and feats_b must hold the same examples: batch {b} != {layers_b[0].shape[0]}")
+        layers_a, layers_b, b = _paired_batch(feats_a, feats_b)
         _check_unbiased_n(b, "this batch")
         if self._cross is not None and (len(layers_a), len(layers_b)) != tuple(self._cross.shape):
             got = (len(layers_a), len(layers_b))
@@ -472,11 +478,7 @@ L x M table use ``MinibatchCKA``, whose memory does not grow with the width.
     @torch.no_grad()
     def update(self, feats_a: Layers, feats_b: Layers) -> None:
         """Add one batch (any size >= 1): ``feats_a[i]`` is layer i of model A, (b, d_i)."""
-        layers_a = _as_layer_list(feats_a, "feats_a")
-        layers_b = _as_layer_list(feats_b, "feats_b")
-        b = layers_a[0].shape[0]
-        if layers_b[0].shape[0] != b:
-            raise ValueError(f"feats_a and feats_b must hold the same examples: batch {b} != {layers_b[0].shape[0]}")
+        layers_a, layers_b, b = _paired_batch(feats_a, feats_b)
         if self.pairs == "diagonal" and len(layers_a) != len(layers_b):
             raise ValueError("pairs='diagonal' needs the same number of layers on both sides")
         if not self._shift:

@@ -65,6 +65,7 @@ class Embedder:
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).to(device).eval()
         self.dim = int(self.model.config.hidden_size)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
 
     @property
     def fingerprint(self) -> str:

@@ -16,7 +16,7 @@ import faiss
 import numpy as np
 
 from updatelab.data.update import Document, KnowledgeUpdate
-from updatelab.metrics.cost import CostLedger
+from updatelab.metrics.cost import CostLedger, forward_flops
 from updatelab.retrieval.embedder import EmbeddingCache, Embedder, embed_documents, text_hash
 from updatelab.retrieval.index import build_index, index_bytes
 
@@ -76,7 +76,7 @@ def index_documents(
             desc=f"embed KB {kb_version}", known=known,
         )
         ph.tokens += stats.tokens
-        ph.flops += 2.0 * sum(p.numel() for p in system.embedder.model.parameters()) * stats.tokens
+        ph.flops += forward_flops(system.embedder.n_params, stats.tokens)
         ph.extra.update(n_docs=stats.n_docs, n_embedded=stats.n_embedded, n_cached=stats.n_cached)
     ctx.notes.setdefault("embed_stats", []).append(stats)
     with ctx.ledger.phase("index") as ph:

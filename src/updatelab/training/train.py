@@ -156,19 +156,20 @@ def _fingerprint(data: LoraDataModule, acfg: Mapping[str, Any], seed: int) -> st
     return h.hexdigest()[:16]
 
 
+def _placement(tcfg: Mapping[str, Any], precision: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Where and how the Trainer runs; the world-size probe and the real Trainer must agree."""
+    return dict(accelerator=tcfg["accelerator"], devices=tcfg["devices"], strategy=tcfg["strategy"],
+                num_nodes=int(tcfg.get("num_nodes") or 1), precision=precision, **extra)
+
+
 def _trainer_world_size(tcfg: Mapping[str, Any], precision: str, extra: Mapping[str, Any]) -> int:
     """World size the Trainer will use (devices x nodes), resolved by Lightning itself."""
     probe = pl.Trainer(
-        accelerator=tcfg["accelerator"],
-        devices=tcfg["devices"],
-        strategy=tcfg["strategy"],
-        num_nodes=int(tcfg.get("num_nodes") or 1),
-        precision=precision,
+        **_placement(tcfg, precision, extra),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        **extra,
     )
     return int(probe.world_size)
 
@@ -252,11 +253,7 @@ def train_lora(
     )
     checkpoint_cb = FinalStepCheckpoint(ckpt_dir, int(every))
     trainer = pl.Trainer(
-        accelerator=tcfg["accelerator"],
-        devices=tcfg["devices"],
-        strategy=tcfg["strategy"],
-        num_nodes=int(tcfg.get("num_nodes") or 1),
-        precision=precision,
+        **_placement(tcfg, precision, extra),
         max_steps=max_steps,
         # max_steps decides; max_epochs (the epochs those steps touch) only labels the progress bar
         max_epochs=math.ceil(max_steps / steps_per_epoch),
@@ -271,7 +268,6 @@ def train_lora(
         use_distributed_sampler=False,  # the bucket sampler shards batches itself
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        **extra,
     )
 
     ckpt_path = str(last_ckpt) if last_ckpt.exists() else None

@@ -433,3 +433,18 @@ def default_embedder_cfg() -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / "embedder" / "minilm_l6.yaml"), resolve=True)
+
+
+def main(name: str, args: Any, worker: Callable[[str, dict], Any], run: Callable[[Any], dict],
+         markdown: Callable[[dict], str]) -> None:
+    """A benchmark script's entry: one side as a worker process, or the whole comparison."""
+    if args.worker:
+        emit(worker(args.worker, json.loads(args.params)))
+        return
+    report = run(args)
+    path = write_json(name, report, args.quick)
+    md = markdown(report)
+    update_results_md(name, md, args.quick)
+    print()
+    print(md)
+    print(f"\nwrote {path}")

@@ -212,17 +212,7 @@ def main() -> None:
     bl.common_args(p, default_repeats=5)
     p.add_argument("--docs", type=int, default=None, help="documents (default 2000, quick 200)")
     p.add_argument("--queries", type=int, default=None, help="queries for the overlap check (default 200, quick 50)")
-    args = p.parse_args()
-    if args.worker:
-        bl.emit(worker(args.worker, json.loads(args.params)))
-        return
-    report = run(args)
-    path = bl.write_json(NAME, report, args.quick)
-    md = markdown(report)
-    bl.update_results_md(NAME, md, args.quick)
-    print()
-    print(md)
-    print(f"\nwrote {path}")
+    bl.main(NAME, p.parse_args(), worker, run, markdown)
 
 
 if __name__ == "__main__":

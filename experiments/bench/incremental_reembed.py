@@ -214,17 +214,7 @@ def main() -> None:
     bl.common_args(p, default_repeats=5)
     p.add_argument("--docs", type=int, default=None, help="documents (default 2000, quick 300)")
     p.add_argument("--fractions", type=float, nargs="*", help="changed fractions (default 0.01 0.1 0.5; 0 and 1 document are always added)")
-    args = p.parse_args()
-    if args.worker:
-        bl.emit(worker(args.worker, json.loads(args.params)))
-        return
-    report = run(args)
-    path = bl.write_json(NAME, report, args.quick)
-    md = markdown(report)
-    bl.update_results_md(NAME, md, args.quick)
-    print()
-    print(md)
-    print(f"\nwrote {path}")
+    bl.main(NAME, p.parse_args(), worker, run, markdown)
 
 
 if __name__ == "__main__":

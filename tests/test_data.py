@@ -370,3 +370,12 @@ def test_unknown_source_and_missing_files_are_clear(small, tmp_path):
     (small / "kb_v0.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="kb_v0"):
         load_update(small)
+
+
+def test_qa_templates_limits_demo_questions_per_attribute(tmp_path):
+    one = load_update(synthetic.generate(tmp_path / "one", seed=0, qa_templates=1, **SMALL))
+    both = load_update(synthetic.generate(tmp_path / "both", seed=0, **SMALL))
+    assert len(one.train_qa) == len(both.train_qa) // 2 == len({(q.entity, q.attribute) for q in both.train_qa})
+    assert {q.question for q in one.train_qa} < {q.question for q in both.train_qa}
+    with pytest.raises(ValueError, match="qa_templates"):
+        synthetic.generate(tmp_path / "bad", seed=0, qa_templates=0, **SMALL)

@@ -24,7 +24,7 @@ probe, the same across seeds). qids are ``"{split}-{i:04d}"``; ``paraphrased-i``
 of ``updated-i``.
 
 ``train_qa.jsonl``: every attribute of every demo person, once per (non-paraphrase) question
-template -- never an evaluated person. ``train_docs.jsonl``: ``renderings`` renderings of every
+template (the first ``qa_templates`` of them; null = all) -- never an evaluated person. ``train_docs.jsonl``: ``renderings`` renderings of every
 KB v1 person's full bio, keyed by entity (rendering 0 = the KB v1 text; others re-draw the
 templates and shuffle the sentence order).
 
@@ -310,7 +310,7 @@ def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction
 
 def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fraction: float = 0.2, n_new: int = 20,
              eval_fraction: float = 0.5, n_unchanged_questions: int = 30, n_general: int = 40, renderings: int = 5,
-             sentences_per_doc: int = 2) -> Path:
+             sentences_per_doc: int = 2, qa_templates: int | None = None) -> Path:
     """Write a synthetic knowledge update into `out_dir` (created; the files are overwritten).
 
     Deterministic: same arguments -> byte-identical files. Returns ``Path(out_dir)``.
@@ -319,6 +319,8 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
         raise ValueError(f"seed must be an integer, got {seed!r}")
     _check_params(n_people, edit_fraction, n_new, eval_fraction, n_unchanged_questions, n_general, renderings,
                   sentences_per_doc)
+    if qa_templates is not None and (isinstance(qa_templates, bool) or not isinstance(qa_templates, int) or qa_templates < 1):
+        raise ValueError(f"qa_templates must be null or an integer >= 1, got {qa_templates!r}")
     spd = sentences_per_doc
     width = max(4, len(str(n_people + n_new - 1)))
 
@@ -388,7 +390,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
 
     # Training data.
     train_qa = [{"question": t.format(name=p.name), "answer": p.values[a.name], "entity": p.name, "attribute": a.name}
-                for p in sorted(demo, key=lambda p: p.pid) for a in ATTRIBUTES for t in a.questions]
+                for p in sorted(demo, key=lambda p: p.pid) for a in ATTRIBUTES for t in a.questions[:qa_templates]]
     rng = _rng(seed, "renderings")
     train_docs = []
     for p in people_v1 + new_people:
@@ -419,7 +421,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
     v0_text = {d["doc_id"]: d["text"] for d in kb_v0}
     params = {"seed": seed, "n_people": n_people, "edit_fraction": edit_fraction, "n_new": n_new,
               "eval_fraction": eval_fraction, "n_unchanged_questions": n_unchanged_questions, "n_general": n_general,
-              "renderings": renderings, "sentences_per_doc": sentences_per_doc}
+              "renderings": renderings, "sentences_per_doc": sentences_per_doc, "qa_templates": qa_templates}
     split_counts = {s: sum(q["split"] == s for q in questions) for s in SPLITS}
     meta = {
         "generator": "updatelab.data.synthetic",

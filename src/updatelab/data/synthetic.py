@@ -286,7 +286,7 @@ def _new_person(rng: random.Random, pid: str, taken: set[str]) -> _Person:
 
 
 def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction: float, n_unchanged_questions: int,
-                  n_general: int, renderings: int, sentences_per_doc: int) -> None:
+                  n_general: int, renderings: int, sentences_per_doc: int, qa_templates: int | None = None) -> None:
     def _int(name: str, value: Any, lo: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
@@ -301,6 +301,8 @@ def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction
     _int("n_general", n_general, 0)
     _int("renderings", renderings, 1)
     _int("sentences_per_doc", sentences_per_doc, 1)
+    if qa_templates is not None:
+        _int("qa_templates", qa_templates, 1)
     _frac("edit_fraction", edit_fraction)
     _frac("eval_fraction", eval_fraction)
     capacity = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(SURNAMES)
@@ -318,9 +320,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     _check_params(n_people, edit_fraction, n_new, eval_fraction, n_unchanged_questions, n_general, renderings,
-                  sentences_per_doc)
-    if qa_templates is not None and (isinstance(qa_templates, bool) or not isinstance(qa_templates, int) or qa_templates < 1):
-        raise ValueError(f"qa_templates must be null or an integer >= 1, got {qa_templates!r}")
+                  sentences_per_doc, qa_templates)
     spd = sentences_per_doc
     width = max(4, len(str(n_people + n_new - 1)))
 

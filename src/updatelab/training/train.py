@@ -228,10 +228,6 @@ def train_lora(
     if bad:
         raise RuntimeError(f"non-LoRA parameters require grad: {bad[:5]}")
     trainable, total = peft_model.get_nb_trainable_parameters()
-    base_model = peft_model.get_base_model()
-    attn_before = base_model.config._attn_implementation
-    if tcfg.get("attn_implementation"):
-        base_model.set_attn_implementation(tcfg["attn_implementation"])
 
     precision = resolve_precision(tcfg.get("precision"), tcfg["accelerator"])
     accum = int(tcfg.get("accumulate_grad_batches") or 1)
@@ -288,7 +284,11 @@ def train_lora(
         # num_workers=0 is deliberate (data is in memory); out_dir/checkpoints is reused on purpose.
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+        base_model = peft_model.get_base_model()
+        attn_before = base_model.config._attn_implementation
         try:
+            if tcfg.get("attn_implementation"):
+                base_model.set_attn_implementation(tcfg["attn_implementation"])
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
         finally:
             # Training and generation are fastest with different kernels on CPU.

@@ -54,6 +54,16 @@ def test_matched_arms_share_data_seed_questions_and_config(tiny_runs):
     assert differing == {"strategy"}
 
 
+def test_the_stored_probe_reads_the_lm_weights_only(tiny_runs):
+    # stale and reembed share the base LM bit for bit; retrieval must not reach the cloze prompts.
+    records, _, _ = tiny_runs
+    cloze = {arm: [(p["qid"], p["question"], p["prediction"]) for p in r["predictions"] if p["split"] == "stored"]
+             for arm, r in records.items()}
+    n_updated = records["stale"]["metrics"]["updated"]["n"]
+    assert records["stale"]["metrics"]["stored"]["n"] == len(cloze["stale"]) == n_updated
+    assert cloze["stale"] == cloze["reembed"]
+
+
 def test_reembed_embeds_only_the_changed_documents(tiny_runs):
     records, _, _ = tiny_runs
     embed = records["reembed"]["cost"]["embed"]

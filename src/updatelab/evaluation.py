@@ -7,10 +7,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from updatelab.data.update import Question
+from updatelab.data.update import Document, Question
 from updatelab.metrics import qa
 from updatelab.metrics.cost import forward_flops, non_embedding_params
 from updatelab.metrics.retrieval import mrr, recall_at_k
+from updatelab.metrics.stored import cloze_items
 from updatelab.models.lm import PromptBuilder, generate
 from updatelab.retrieval.index import search
 from updatelab.strategies.base import RunContext, System
@@ -30,7 +31,9 @@ def retrieve(system: System, questions: Sequence[Question], k: int, ctx: RunCont
     return [[int(i) for i in row if i >= 0] for row in ids]
 
 
-def evaluate(system: System, questions: Sequence[Question], ctx: RunContext) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(system: System, questions: Sequence[Question], ctx: RunContext,
+             kb: Sequence[Document] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score every question; with `kb` (KB v1) also the ``stored`` probe (`stored_knowledge`)."""
     cfg = ctx.cfg.eval
     builder = prompt_builder(cfg)
     retrieved: list[list[str]] | None = None
@@ -64,7 +67,30 @@ def evaluate(system: System, questions: Sequence[Question], ctx: RunContext) -> 
             row["retrieved"] = retrieved[i]
             row["gold_doc"] = q.doc_id
         predictions.append(row)
+    stored_splits = set(cfg.get("stored_splits") or ())
+    if kb and stored_splits:
+        predictions += stored_knowledge(system, [q for q in questions if q.split in stored_splits], kb, ctx)
     return split_metrics(predictions, cfg.top_k, retrieved is not None), predictions
+
+
+def stored_knowledge(system: System, questions: Sequence[Question], kb: Sequence[Document],
+                     ctx: RunContext) -> list[dict[str, Any]]:
+    """Prediction rows of split ``stored``: does the LM alone complete each fact's KB v1 sentence?
+    (`updatelab.metrics.stored`). A measurement, not serving: it is not booked as cost."""
+    cfg = ctx.cfg.eval
+    items = cloze_items(questions, kb)
+    if not items:
+        return []
+    completions, _ = generate(
+        system.lm, system.tokenizer, [c.prompt for c in items], max_new_tokens=cfg.get("stored_max_new_tokens", 8),
+        batch_size=cfg.batch_size, autocast=cfg.autocast, progress=ctx.progress, desc=f"stored ({len(items)} facts)",
+    )
+    rows = []
+    for c, a in zip(items, completions):
+        s = qa.score(a, list(c.answers))
+        rows.append({"qid": f"stored:{c.qid}", "split": "stored", "question": c.prompt, "gold": c.answers[0],
+                     "prediction": a, "correct": bool(s["contains"]), **s})
+    return rows
 
 
 def split_metrics(predictions: Sequence[dict[str, Any]], k: int, with_retrieval: bool) -> dict[str, Any]:

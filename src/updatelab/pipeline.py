@@ -122,7 +122,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
         if not rank_zero:
             return None
         pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same decoding state for every arm
-        metrics, predictions = evaluate(updated, update.questions, ctx)
+        metrics, predictions = evaluate(updated, update.questions, ctx, kb=update.kb_v1)
         if probe is not None:
             ctx.notes["shift"] = probe.measure(updated, update, ctx)
         add_serving_per_1k(ledger, len(update.questions))

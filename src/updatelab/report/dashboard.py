@@ -37,7 +37,7 @@ import numpy as np
 from updatelab.report import stats
 from updatelab.tracking.results import load_results
 
-SPLITS = ("updated", "paraphrased", "unchanged", "general")
+SPLITS = ("updated", "stored", "paraphrased", "unchanged", "general")  # stored: cloze probe, `metrics.stored`
 STRATEGY_ORDER = ("stale", "reembed", "lora", "lora_rag")
 BASELINES = ("stale", "reembed")
 UPDATE_PHASES = ("embed", "index", "train")
@@ -48,7 +48,7 @@ IGNORED_CONFIG_PREFIXES = ("seed", "strategy", "name", "paths", "hydra", "logger
 STRATEGY_CMAPS = {"stale": "Greys", "reembed": "Blues", "lora": "Oranges", "lora_rag": "Greens"}
 OTHER_CMAPS = ("Purples", "Reds", "YlOrBr", "PuRd", "BuGn")
 PHASE_COLOURS = {"embed": "#4C78A8", "index": "#72B7B2", "train": "#F58518", "retrieve": "#54A24B", "generate": "#B279A2"}
-SPLIT_MARKERS = {"updated": "o", "paraphrased": "s", "unchanged": "^", "general": "D"}
+SPLIT_MARKERS = {"updated": "o", "stored": "v", "paraphrased": "s", "unchanged": "^", "general": "D"}
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -527,7 +527,8 @@ def plot_accuracy(a: Analysis, plots: Plots) -> str:
     ax.set_title(f"Accuracy per split, 95% bootstrap CI over questions ({a.experiment})")
     return plots.render(fig, "accuracy", "Accuracy per split and arm; error bars: 95% percentile bootstrap over the "
                         "questions of every seed pooled. <i>updated</i>/<i>paraphrased</i> ask about facts the update "
-                        "changed; <i>unchanged</i> about facts it kept; <i>general</i> about world knowledge.",
+                        "changed; <i>stored</i> is the LM alone completing an updated fact's KB sentence (in the "
+                        "weights, whether or not a question can retrieve it); <i>unchanged</i> about facts it kept; <i>general</i> about world knowledge.",
                         "grouped bar chart of accuracy per split")
 
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from updatelab.tracking.results import load_results
 
-SPLITS = ("updated", "paraphrased", "unchanged", "general")
+SPLITS = ("updated", "stored", "paraphrased", "unchanged", "general")  # stored: the cloze probe of the updated facts
 STRATEGY_ORDER = ("closed_book", "stale", "reembed", "lora", "lora_rag")
 
 
@@ -73,7 +73,7 @@ def _fmt(v: Any, pct: bool = False) -> str:
     return f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
 
 
-HEADERS = {"strategy": "arm", "seeds": "seeds", "updated": "updated %", "paraphrased": "paraphr. %", "unchanged": "unchanged %",
+HEADERS = {"strategy": "arm", "seeds": "seeds", "updated": "updated %", "stored": "stored %", "paraphrased": "paraphr. %", "unchanged": "unchanged %",
            "general": "general %", "cka_mean": "LM CKA mean", "cka_min": "LM CKA min", "update_s": "update s",
            "serve_s_per_1k": "serve s/1k q", "wall_s": "arm wall s"}
 
@@ -81,7 +81,8 @@ HEADERS = {"strategy": "arm", "seeds": "seeds", "updated": "updated %", "paraphr
 def render(rows: Sequence[dict[str, Any]], title: str) -> Table:
     table = Table(
         title=title,
-        caption="% = answers containing the gold answer (mean over seeds); recall = gold document in the top k; "
+        caption="% = answers containing the gold answer (mean over seeds); stored = the LM alone completes the updated fact's "
+        "KB sentence (in the weights, extractable or not); recall = gold document in the top k; "
         "LM CKA 1.000 = the LM's latent space did not move; update s = one-off update cost; serve s/1k q = serving 1,000 queries",
     )
     cols = [c for c in rows[0].keys()] if rows else []

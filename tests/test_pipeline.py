@@ -103,28 +103,46 @@ def test_a_finished_cell_is_skipped_on_rerun(tiny_runs):
     assert path.stat().st_mtime_ns == before
 
 
+def _tiny_lora_cfg(root, strategy: str):
+    from hydra import compose, initialize_config_dir
+
+    from updatelab.run import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=[f"paths.cache_dir={root / 'cache'}", f"paths.data_dir={root / 'data'}",
+                                             "logger=none", "progress=false", f"strategy={strategy}", "adapter.max_steps=3",
+                                             "adapter.lr=1e-2", "adapter.batch_size=8", "trainer.enable_progress_bar=false",
+                                             "model.name=smollm2-135m-instruct", *TINY])
+
+
 @pytest.fixture(scope="module")
 def tiny_lora(tmp_path_factory, converted_lm):
     """A lora cell trained for a few steps at a high learning rate: enough to move the model."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import SHARED_CACHE
-    from updatelab.run import CONFIG_DIR
-
     root = tmp_path_factory.mktemp("lora")
     mp = pytest.MonkeyPatch()
     mp.setenv("UPDATELAB_ROOT", str(root))
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.cache_dir={root / 'cache'}", f"paths.data_dir={root / 'data'}",
-                                            "logger=none", "progress=false", "strategy=lora", "adapter.max_steps=3",
-                                            "adapter.lr=1e-2", "adapter.batch_size=8", "trainer.enable_progress_bar=false",
-                                            "model.name=smollm2-135m-instruct", *TINY])
+    cfg = _tiny_lora_cfg(root, "lora")
     # The converted model is shared; everything else (adapters, probe states) is private to this test.
     (root / "cache" / "models").mkdir(parents=True)
     (root / "cache" / "models" / "smollm2-135m-instruct").symlink_to(converted_lm)
     rec = run_cell(cfg, out_dir=root / "out")
     yield rec, root
     mp.undo()
+
+
+def test_lora_rag_reuses_the_identical_training_and_keeps_its_own_adapter_copy(tiny_lora):
+    from pathlib import Path
+
+    lora, root = tiny_lora
+    rag = run_cell(_tiny_lora_cfg(root, "lora_rag"), out_dir=root / "out_rag")
+    train = rag["cost"]["train"]
+    assert train["reused_adapter"] and train["adapter_key"] == lora["cost"]["train"]["adapter_key"]
+    assert train["wall_s"] == lora["cost"]["train"]["wall_s"]  # the training's cost is booked, not this load's
+    own = Path(rag["artifacts"]["adapter"]["path"])
+    assert own.parent.parent == root / "results" / "default" / rag["run_id"]  # next to the cell's results file
+    mine = (own / "adapter_model.safetensors").read_bytes()
+    assert mine == (Path(lora["artifacts"]["adapter"]["path"]) / "adapter_model.safetensors").read_bytes()
+    assert rag["metrics"]["retrieval"][f"recall@{rag['config']['eval']['top_k']}"] > 0  # and it answers with retrieval
 
 
 def test_lora_trains_an_adapter_and_leaves_base_weights_untouched(tiny_lora):

@@ -421,3 +421,13 @@ def test_training_attention_kernel_is_restored_for_generation(tok, tmp_path):
     peft_model, _ = run(tok, model, tmp_path, adapter={"max_steps": 1}, trainer={"attn_implementation": "eager"})
     assert before != "eager"
     assert peft_model.get_base_model().config._attn_implementation == before
+
+
+def test_a_redirected_log_gets_progress_lines_up_to_the_last_step(tok, tmp_path, caplog):
+    # Under pytest stdout is not a terminal, as in `make run > log`: Lightning's bar would be invisible.
+    with caplog.at_level(logging.INFO, logger="updatelab.training"):
+        _, stats = train_lora(make_model(tok), tok, make_examples(tok), {**ADAPTER, "max_steps": 5}, TRAINER,
+                              out_dir=tmp_path, seed=0, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train step")]
+    assert lines and lines[-1].startswith(f"train step {stats.steps}/{stats.steps} ")
+    assert "tok/s" in lines[-1] and "left" in lines[-1]

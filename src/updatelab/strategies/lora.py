@@ -99,6 +99,7 @@ class Lora(Strategy):
         key = self._training_key(ctx, update, examples)
         shared = Path(ctx.cfg.paths.cache_dir) / "adapters" / key
         stats_file = shared / "train_stats.json"
+        train_dir = (ctx.artifact_dir or ctx.out_dir) / "train"
         with ctx.ledger.phase("train") as ph:
             if self.reuse_adapter and stats_file.exists():
                 # Deterministic training with identical inputs gives the identical adapter: load it,
@@ -106,9 +107,12 @@ class Lora(Strategy):
                 log.info("reusing adapter %s (identical training already done)", key)
                 model = PeftModel.from_pretrained(base.lm, shared / "adapter").eval()
                 stats = TrainStats(**json.loads(stats_file.read_text()))
+                # Every cell keeps its own adapter next to its results file, reused or not.
+                if is_rank_zero():
+                    shutil.copytree(shared / "adapter", train_dir / "adapter", dirs_exist_ok=True)
+                stats.adapter_path = str(train_dir / "adapter")
                 reused = True
             else:
-                train_dir = (ctx.artifact_dir or ctx.out_dir) / "train"
                 model, stats = train_lora(
                     base.lm, base.tokenizer, examples, OmegaConf.to_container(ctx.cfg.adapter, resolve=True),
                     OmegaConf.to_container(ctx.cfg.trainer, resolve=True), out_dir=train_dir, seed=ctx.seed,
@@ -145,7 +149,7 @@ class Lora(Strategy):
                 "total_params": stats.total_params, "adapter_bytes": stats.adapter_bytes, "reused_adapter": reused,
                 "adapter_key": key,
             })
-        ctx.notes.setdefault("artifacts", {})["adapter"] = {"path": str(shared / "adapter") if self.reuse_adapter else stats.adapter_path, "bytes": stats.adapter_bytes}
+        ctx.notes.setdefault("artifacts", {})["adapter"] = {"path": stats.adapter_path, "bytes": stats.adapter_bytes}
         ctx.notes["train_loss_curve"] = stats.loss_curve
         return model
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +35,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from updatelab.training.datamodule import LoraDataModule
 from updatelab.training.examples import TrainExample, TrainStats
+from updatelab.training.log_progress import LogProgress
 from updatelab.training.module import LoraLightningModule
 
 log = logging.getLogger(__name__)
@@ -253,6 +255,9 @@ def train_lora(
         fingerprint=_fingerprint(data, acfg, seed),
     )
     checkpoint_cb = FinalStepCheckpoint(ckpt_dir, int(every))
+    callbacks = [checkpoint_cb, *(tcfg.get("callbacks") or [])]
+    if progress and not sys.stdout.isatty():  # the tqdm bar is invisible in a redirected log: write lines
+        callbacks.append(LogProgress(every=max(1, max_steps // 20)))
     trainer = pl.Trainer(
         **_placement(tcfg, precision, extra),
         max_steps=max_steps,
@@ -263,7 +268,7 @@ def train_lora(
         gradient_clip_val=tcfg.get("gradient_clip_val"),
         accumulate_grad_batches=accum,
         deterministic=tcfg.get("deterministic"),
-        callbacks=[checkpoint_cb, *(tcfg.get("callbacks") or [])],
+        callbacks=callbacks,
         logger=logger if logger is not None else False,
         default_root_dir=str(out_dir),
         use_distributed_sampler=False,  # the bucket sampler shards batches itself

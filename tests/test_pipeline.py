@@ -138,6 +138,7 @@ def test_lora_rag_reuses_the_identical_training_and_keeps_its_own_adapter_copy(t
     train = rag["cost"]["train"]
     assert train["reused_adapter"] and train["adapter_key"] == lora["cost"]["train"]["adapter_key"]
     assert train["wall_s"] == lora["cost"]["train"]["wall_s"]  # the training's cost is booked, not this load's
+    assert rag["train_loss_curve"] == lora["train_loss_curve"] and len(lora["train_loss_curve"]) == 3
     own = Path(rag["artifacts"]["adapter"]["path"])
     assert own.parent.parent == root / "results" / "default" / rag["run_id"]  # next to the cell's results file
     mine = (own / "adapter_model.safetensors").read_bytes()

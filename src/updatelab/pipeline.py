@@ -139,6 +139,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
             "setup": {**setup.as_dict(), "cell_wall_s": time.perf_counter() - t_start},
             "shift": ctx.notes.get("shift", {}),
             "artifacts": ctx.notes.get("artifacts", {}),
+            "train_loss_curve": ctx.notes.get("train_loss_curve"),  # one mean loss per optimizer step (LoRA arms)
             "predictions": predictions,
             "output_dir": str(out_dir),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -111,6 +111,9 @@ class Lora(Strategy):
                 if is_rank_zero():
                     shutil.copytree(shared / "adapter", train_dir / "adapter", dirs_exist_ok=True)
                 stats.adapter_path = str(train_dir / "adapter")
+                if ctx.logger is not None:  # this cell's W&B run shows the loss curve of the training it uses
+                    for step, loss in enumerate(stats.loss_curve, 1):
+                        ctx.logger.log_metrics({"train/loss": loss}, step=step)
                 reused = True
             else:
                 model, stats = train_lora(

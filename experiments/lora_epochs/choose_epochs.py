@@ -13,6 +13,7 @@ differs from a fresh one only in the warmup's length (5% of the steps). Prints o
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
 import time
@@ -48,5 +49,6 @@ def main(epochs: list[int], overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the progress lines; compose() sets up no logging
     args = sys.argv[1:]
     main([int(a) for a in args if "=" not in a] or [16, 24, 32], [a for a in args if "=" in a])

@@ -1017,7 +1017,9 @@ knowledge base before the update) and answers the same questions, seed by seed; 
 <code>lora</code> fine-tunes the LM on the new facts and answers without retrieval (closed-book), <code>lora_rag</code>
 does both; retrieval arms put the top {a.top_k} documents in the prompt. Accuracy is the share of answers that contain the gold answer. The <i>updated</i> and <i>paraphrased</i>
 splits ask about facts the update changed (a good update raises them), <i>unchanged</i> about facts it kept and
-<i>general</i> about world knowledge (a good update does not lower them).</p>
+<i>general</i> about world knowledge (a good update does not lower them). <i>stored</i> is not a question: the LM alone,
+with no retrieval, completes each updated fact's sentence from the knowledge base; high <i>stored</i> with low
+<i>updated</i> means the facts are in the weights but the model cannot answer questions with them.</p>
 <p>Numbers in brackets are 95% bootstrap confidence intervals over questions. The differences table compares arms on
 the very same questions (paired by seed and question), which is much more sensitive than comparing two intervals:
 a difference whose interval excludes 0 is shown in colour. CKA measures how similar the updated model's internal

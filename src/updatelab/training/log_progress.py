@@ -27,20 +27,17 @@ class LogProgress(pl.Callback):
         self._t0 = 0.0
         self._step0 = 0
         self._tokens0 = 0
+        self._last = 0  # the last step written (or the session's first): with accumulation a step ends several batches
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After a resume the rate counts only this session's steps and tokens.
         self._t0 = time.perf_counter()
-        self._step0 = trainer.global_step
+        self._step0 = self._last = trainer.global_step
         self._tokens0 = getattr(pl_module, "tokens", 0)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         step, total = trainer.global_step, trainer.max_steps
-        if step == self._step0 or not trainer.is_global_zero:
-            return
-        if step % self.every and step != total:
-            return
-        if getattr(self, "_last", None) == step:  # gradient accumulation: several batches per step
+        if step == self._last or not trainer.is_global_zero or (step % self.every and step != total):
             return
         self._last = step
         elapsed = time.perf_counter() - self._t0

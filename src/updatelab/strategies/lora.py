@@ -112,7 +112,7 @@ class Lora(Strategy):
                     shutil.copytree(shared / "adapter", train_dir / "adapter", dirs_exist_ok=True)
                 stats.adapter_path = str(train_dir / "adapter")
                 if ctx.logger is not None:  # this cell's W&B run shows the loss curve of the training it uses
-                    for step, loss in enumerate(stats.loss_curve, 1):
+                    for step, loss in enumerate(stats.loss_curve):  # Lightning logs step k's loss at step k-1
                         ctx.logger.log_metrics({"train/loss": loss}, step=step)
                 reused = True
             else:

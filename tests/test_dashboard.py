@@ -122,7 +122,7 @@ def test_summary_numbers_match_the_records(records):
     assert [g.label for g in a.groups] == list(mk.ARMS) and a.varied == []
     for g in a.groups:
         assert g.seeds == [0, 1]
-        for split in [s for s in db.SPLITS if s in g.records[0]["metrics"]]:  # the fixture predates `stored`
+        for split in a.splits:
             e = g.acc[split]
             expected = np.mean([r["metrics"][split]["contains"] for r in g.records])  # equal n per seed
             assert e.mean == pytest.approx(expected) and e.lo <= e.mean <= e.hi and e.n == 40
@@ -131,6 +131,9 @@ def test_summary_numbers_match_the_records(records):
     # Differences: every arm vs stale, and lora / lora_rag vs reembed (reembed vs stale once, not twice).
     assert [g.strategy for g, _ in a.diffs["stale"]] == ["reembed", "lora", "lora_rag"]
     assert [g.strategy for g, _ in a.diffs["reembed"]] == ["lora", "lora_rag"]
+    assert a.splits == ["updated", "paraphrased", "unchanged", "general"]  # the fixture has no `stored` probe
+    e = a.diffs["stale"][0][1]["updated"]
+    assert e.test == stats.mcnemar(a.groups[1].records, stale.records, "updated") and e.test.n == e.n == 40
     assert db.total_cost(stale, "seconds") == pytest.approx(stale.mean("cost.serving_per_1k.wall_s"))
 
 
@@ -155,6 +158,24 @@ def test_grid_rows_follow_the_varied_config_keys(tmp_path):
     rc, out = _dashboard(tmp_path, recs, "ef")
     page = out.read_text(encoding="utf-8")
     assert rc == 0 and 'data-plot="sweep"' in page and "edit_fraction=0.3" in page
+
+
+def test_a_split_no_record_has_gets_no_column_and_no_legend_entry(tmp_path):
+    recs = mk.make_records(strategies=("closed_book", "stale", "lora"), experiment="own-data")
+    for r in recs:  # a user's own data without general questions
+        r["predictions"] = [p for p in r["predictions"] if p["split"] != "general"]
+        r["metrics"].pop("general")
+    a = db.analyse(recs, "own-data", n_boot=100)
+    assert "general" not in a.splits and "stored" not in a.splits
+    # closed_book: the forgetting reference, on what is left of unchanged and general.
+    assert [g.strategy for g, _ in a.diffs["closed_book"]] == ["stale", "lora"]
+    assert all(list(d) == ["unchanged"] for _, d in a.diffs["closed_book"])
+    assert "closed_book" not in [g.strategy for g, _ in a.diffs["stale"]]
+    rc, out = _dashboard(tmp_path, recs, "own-data")
+    page = out.read_text(encoding="utf-8")
+    assert rc == 0 and "data-section-error" not in page
+    assert "general" not in page and ">stored<" not in page and "<i>stored</i>" not in page
+    assert "McNemar" in page and 'class="ci test"' in page
 
 
 def test_records_missing_shift_and_cost_still_produce_a_page(tmp_path, records):

@@ -29,3 +29,60 @@ def test_grid_points_get_their_own_rows():
     rows = summarise(recs)
     assert [r["r"] for r in rows] == ["4", "16"] or sorted(r["r"] for r in rows) == ["16", "4"]
     assert len(rows) == 2
+
+
+def _printed(records) -> str:
+    from rich.console import Console
+
+    from updatelab.report.table import report
+
+    console = Console(record=True, width=200)
+    report(console, records, "fixture", n_boot=200)
+    return console.export_text()
+
+
+def _without(records, split):
+    out = []
+    for r in records:
+        r = dict(r, predictions=[p for p in r["predictions"] if p["split"] != split])
+        r["metrics"] = {k: v for k, v in r["metrics"].items() if k != split}
+        out.append(r)
+    return out
+
+
+def test_a_split_no_record_has_is_not_in_the_table():
+    recs = _without(make_results.make_records(seeds=(0,)), "general")  # e.g. a user's own data without general questions
+    assert all("general" not in r for r in summarise(recs))
+    text = _printed(recs)
+    assert "general" not in text
+    assert "stored" not in text  # the fixture has no stored probe: no column, no caption entry
+    assert "updated %" in text and "unchanged" in text
+
+
+def test_the_table_states_n_and_the_paired_differences_vs_stale():
+    from updatelab.report import stats
+    from updatelab.report.table import differences, fmt_difference
+
+    recs = make_results.make_records(seeds=(0, 1), n_per_split=12)
+    text = _printed(recs)
+    assert "n per split: updated 12, paraphrased 12, unchanged 12, general 12 (questions per seed; 2 seeds)" in text
+    assert "paired differences vs stale" in text
+    rows = dict(differences(recs, n_boot=200))
+    assert list(rows) == ["reembed", "lora", "lora_rag"]
+    e = rows["reembed"]["updated"]
+    by = {s: [r for r in recs if r["strategy"] == s] for s in ("reembed", "stale")}
+    assert e.test == stats.mcnemar(by["reembed"], by["stale"], "updated") and e.n == 24 == e.test.n
+    assert f"n 24 · p {stats.fmt_p(e.test.p)}" in fmt_difference(e) and fmt_difference(e).split("\n")[0] in text
+    # No closed_book records: no forgetting table.
+    assert "vs closed_book" not in text
+
+
+def test_closed_book_is_the_forgetting_reference_on_unchanged_and_general():
+    from updatelab.report.table import differences
+
+    recs = make_results.make_records(strategies=("closed_book", "stale", "lora"), seeds=(0,))
+    assert [label for label, _ in differences(recs)] == ["lora"]  # closed_book is a reference, not a contender
+    vs_cb = differences(recs, "closed_book", n_boot=200)
+    assert [label for label, _ in vs_cb] == ["stale", "lora"]
+    assert all(list(d) == ["unchanged", "general"] for _, d in vs_cb)
+    assert "vs closed_book" in _printed(recs)

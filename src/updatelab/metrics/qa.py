@@ -7,7 +7,7 @@ import string
 from collections import Counter
 from typing import Sequence
 
-import numpy as np
+from updatelab.report.stats import DEFAULT_BOOT, bootstrap_mean_ci
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -56,11 +56,8 @@ def score(prediction: str, golds: Sequence[str]) -> dict[str, float]:
     return {"em": exact_match(prediction, golds), "f1": token_f1(prediction, golds), "contains": contains(prediction, golds)}
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap over questions for the mean of per-question scores."""
-    vals = np.asarray(values, dtype=float)
-    if len(vals) == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = vals[rng.integers(0, len(vals), size=(n_boot, len(vals)))].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+def bootstrap_ci(values: Sequence[float], n_boot: int = DEFAULT_BOOT, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """(lo, hi): percentile bootstrap over questions for the mean of per-question scores, the
+    report's one bootstrap (`updatelab.report.stats`) so that stored and reported CIs agree; NaNs for no values."""
+    est = bootstrap_mean_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)
+    return (float("nan"), float("nan")) if est is None else est[1:]

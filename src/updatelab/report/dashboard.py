@@ -4,9 +4,10 @@
                                          [--wandb ENTITY/PROJECT] [--cost-unit seconds|usd] [--plot-format svg|png]
 
 Reads `results/<experiment>/*.json` (one record per matched cell) and writes
-`results/<experiment>/dashboard.html` (or `--out`): a summary table with bootstrap CIs, paired
-differences between arms, and plots (accuracy per split, accuracy vs cost with the Pareto
-front, CKA by layer, cross-layer CKA heatmaps, cost by phase), all inlined (SVG or PNG).
+`results/<experiment>/dashboard.html` (or `--out`): a summary table with hierarchical bootstrap
+CIs (seeds, then questions), paired differences between arms with exact McNemar tests, and plots
+(accuracy per split, accuracy vs cost with the Pareto front, CKA by layer, cross-layer CKA
+heatmaps, cost by phase), all inlined (SVG or PNG). Only the splits some record measured are shown.
 
 Older or partial records may lack any key: what cannot be drawn is skipped with a note saying
 why, never an exception. `--wandb` reads the runs of W&B group = experiment through the public
@@ -37,9 +38,9 @@ import numpy as np
 from updatelab.report import stats
 from updatelab.tracking.results import load_results
 
-SPLITS = ("updated", "stored", "paraphrased", "unchanged", "general")  # stored: cloze probe, `metrics.stored`
-STRATEGY_ORDER = ("stale", "reembed", "lora", "lora_rag")
-BASELINES = ("stale", "reembed")
+SPLITS = stats.REPORT_SPLITS  # every split a page may show; `Analysis.splits` holds those the records have
+# Each arm is compared with these, in turn; closed_book only on the forgetting splits (`stats.reference_splits`).
+BASELINES = ("stale", "reembed", stats.FORGETTING_REFERENCE)
 UPDATE_PHASES = ("embed", "index", "train")
 SERVING_PHASES = ("retrieve", "generate")
 PHASES = UPDATE_PHASES + SERVING_PHASES
@@ -49,6 +50,26 @@ STRATEGY_CMAPS = {"stale": "Greys", "reembed": "Blues", "lora": "Oranges", "lora
 OTHER_CMAPS = ("Purples", "Reds", "YlOrBr", "PuRd", "BuGn")
 PHASE_COLOURS = {"embed": "#4C78A8", "index": "#72B7B2", "train": "#F58518", "retrieve": "#54A24B", "generate": "#B279A2"}
 SPLIT_MARKERS = {"updated": "o", "stored": "v", "paraphrased": "s", "unchanged": "^", "general": "D"}
+OTHER_MARKERS = ("P", "X", "*", "h", "<", ">")  # splits a newer schema adds
+SPLIT_TEXT = {
+    "updated": "<i>updated</i> asks about facts the update changed",
+    "paraphrased": "<i>paraphrased</i> about the same changed facts in other words",
+    "stored": "<i>stored</i> is the LM alone completing an updated fact's KB sentence (in the weights, whether or not a "
+              "question can retrieve it)",
+    "unchanged": "<i>unchanged</i> about facts it kept",
+    "general": "<i>general</i> about world knowledge",
+}
+
+
+def split_marker(split: str) -> str:
+    """The split's marker in the differences plot; splits a newer schema adds take the spare ones in schema order."""
+    extra = [s for s in SPLITS if s not in SPLIT_MARKERS]
+    return SPLIT_MARKERS.get(split) or OTHER_MARKERS[extra.index(split) % len(OTHER_MARKERS) if split in extra else 0]
+
+
+def splits_text(splits: Sequence[str]) -> str:
+    """What each shown split asks, for captions: only the splits on the page."""
+    return "; ".join(SPLIT_TEXT.get(s, f"<i>{esc(s)}</i>") for s in splits) + "."
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -245,7 +266,7 @@ class Group:
 
 
 def _strategy_rank(s: str) -> tuple:
-    return (STRATEGY_ORDER.index(s) if s in STRATEGY_ORDER else len(STRATEGY_ORDER), s)
+    return stats.arm_rank(s)
 
 
 def make_groups(records: Sequence[dict[str, Any]], varied: Sequence[str]) -> list[Group]:
@@ -313,6 +334,15 @@ class Analysis:
     diffs: dict[str, list[tuple[Group, dict[str, stats.Estimate | None]]]]  # baseline -> [(arm, split -> estimate)]
     n_boot: int
     cost_unit: str
+    splits: list[str] = field(default_factory=list)  # the report splits some record measured, in report order
+
+
+def _compared(arm: str, baseline: str, i: int) -> bool:
+    """Whether `arm` gets a row against BASELINES[i]."""
+    if arm in (baseline, stats.FORGETTING_REFERENCE):
+        return False  # closed_book is what arms are measured against, not a contender
+    # Every arm against the forgetting reference; otherwise reembed vs stale once, not again as stale vs reembed.
+    return baseline == stats.FORGETTING_REFERENCE or arm not in BASELINES[:i]
 
 
 def analyse(records: list[dict[str, Any]], experiment: str, notes: list[str] | None = None, n_boot: int = stats.DEFAULT_BOOT,
@@ -329,21 +359,22 @@ def analyse(records: list[dict[str, Any]], experiment: str, notes: list[str] | N
     top_k = min(ks) if ks else 3
     if len(ks) > 1:
         notes.append(f"records use different retrieval depths {sorted(ks)}; recall@{top_k} is shown where present")
+    splits = stats.present_splits(records)
     for g in groups:
-        for split in SPLITS:
+        for split in splits:
             g.acc[split] = stats.accuracy_estimate(g.records, split, n_boot=n_boot)
     diffs: dict[str, list[tuple[Group, dict[str, stats.Estimate | None]]]] = {}
     for i, base in enumerate(BASELINES):
         rows = []
         for g in groups:
-            if g.strategy == base or g.strategy in BASELINES[:i]:
-                continue  # reembed vs stale is shown once, not again as stale vs reembed
+            if not _compared(g.strategy, base, i):
+                continue
             b = baseline_group(g, base, groups)
             if b is None:
                 continue
             per_split = {}
-            for split in SPLITS:
-                _, _, pnotes = stats.matched_differences(g.records, b.records, split)
+            for split in stats.reference_splits(base, splits):
+                _, pnotes = stats.matched_pairs(g.records, b.records, split)
                 for n in dict.fromkeys(pnotes):
                     notes.append(f"{g.label} vs {b.label}: {n}")
                 per_split[split] = stats.paired_difference(g.records, b.records, split, n_boot=n_boot)
@@ -357,7 +388,7 @@ def analyse(records: list[dict[str, Any]], experiment: str, notes: list[str] | N
         lacking = [str(r.get("run_id", "?")) for r in records if not r.get(key)]
         if lacking:
             notes.append(f"{len(lacking)} of {len(records)} record(s) lack {what}: " + ", ".join(lacking[:8]) + (" …" if len(lacking) > 8 else ""))
-    return Analysis(experiment, records, groups, varied, by_strategy, top_k, notes, diffs, n_boot, cost_unit)
+    return Analysis(experiment, records, groups, varied, by_strategy, top_k, notes, diffs, n_boot, cost_unit, splits)
 
 
 def lm_untouched(g: Group) -> bool | None:
@@ -439,7 +470,13 @@ def fmt_estimate(e: stats.Estimate | None, signed: bool = False) -> str:
     cls = ""
     if signed and e.has_ci:
         cls = " pos" if e.lo > 0 else " neg" if e.hi < 0 else ""
-    return f'<span class="est{cls}" title="{esc(tip)}">{main}</span> {ci}'
+    return f'<span class="est{cls}" title="{esc(tip)}">{main}</span> {ci}' + (fmt_test(e.test) if e.test else "")
+
+
+def fmt_test(t: stats.McNemar) -> str:
+    """'n 40 · p 0.003' under a paired difference; the discordant counts in the tooltip."""
+    tip = f"exact McNemar test over {t.n} matched (seed, question) pairs: b = {t.b} arm right, baseline wrong; c = {t.c} the reverse"
+    return f'<span class="ci test" title="{esc(tip)}">n {t.n} · p {esc(stats.fmt_p(t.p))}</span>'
 
 
 # ---------------------------------------------------------------------------------------- plots
@@ -500,17 +537,18 @@ def skipped(name: str, why: str) -> str:
 
 
 def plot_accuracy(a: Analysis, plots: Plots) -> str:
-    rows = [g for g in a.groups if any(g.acc.get(s) for s in SPLITS)]
+    splits = a.splits
+    rows = [g for g in a.groups if any(g.acc.get(s) for s in splits)]
     if not rows:
         return skipped("accuracy", "no record has per-split metrics or predictions")
     plt = _mpl()
     n = len(rows)
     width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(min(14.0, max(10.0, 2 + 0.3 * n * len(SPLITS))), 4.8))
-    x = np.arange(len(SPLITS))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(10.0, 2 + 0.3 * n * len(splits))), 4.8))
+    x = np.arange(len(splits))
     for i, g in enumerate(rows):
         means, lo, hi = [], [], []
-        for s in SPLITS:
+        for s in splits:
             e = g.acc.get(s)
             m = e.mean if e and e.mean is not None else np.nan
             means.append(100 * m)
@@ -519,17 +557,15 @@ def plot_accuracy(a: Analysis, plots: Plots) -> str:
         pos = x - 0.4 + width * (i + 0.5)
         ax.bar(pos, means, width * 0.92, color=g.colour, edgecolor="#333", linewidth=0.4, label=g.label,
                yerr=[lo, hi], capsize=min(4, 30 / n), error_kw={"elinewidth": 1, "ecolor": "#222"})
-    ax.set_xticks(x, [f"{s}\n(n≈{_n_questions(rows, s)})" for s in SPLITS])
+    ax.set_xticks(x, [f"{s}\n(n≈{_n_questions(rows, s)})" for s in splits])
     ax.set_ylabel("accuracy (% answers containing the gold answer)")
     ax.set_ylim(0, 105)
     ax.grid(axis="x", visible=False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9)
-    ax.set_title(f"Accuracy per split, 95% bootstrap CI over questions ({a.experiment})")
-    return plots.render(fig, "accuracy", "Accuracy per split and arm; error bars: 95% percentile bootstrap over the "
-                        "questions of every seed pooled. <i>updated</i>/<i>paraphrased</i> ask about facts the update "
-                        "changed; <i>stored</i> is the LM alone completing an updated fact's KB sentence (in the "
-                        "weights, whether or not a question can retrieve it); <i>unchanged</i> about facts it kept; <i>general</i> about world knowledge.",
-                        "grouped bar chart of accuracy per split")
+    ax.set_title(f"Accuracy per split, 95% CI resampling seeds, then questions ({a.experiment})")
+    return plots.render(fig, "accuracy", "Accuracy per split and arm; n ≈ questions per seed. Error bars: 95% percentile "
+                        "bootstrap that resamples the seeds (worlds), then the questions within each resampled seed. "
+                        + splits_text(splits), "grouped bar chart of accuracy per split")
 
 
 def _n_questions(groups: Sequence[Group], split: str) -> str:
@@ -730,16 +766,17 @@ def plot_differences(a: Analysis, plots: Plots) -> str:
     plt = _mpl()
     nrows = max(len(rows) for _, rows in panels)
     fig, axes = plt.subplots(1, len(panels), figsize=(6.3 * len(panels), 1.0 + 0.75 * nrows * 1.15), squeeze=False)
-    offsets = np.linspace(-0.27, 0.27, len(SPLITS))
+    drawn = [s for s in a.splits if any(d.get(s) for _, rows in panels for _, d in rows)]  # legend: these only
+    offsets = np.linspace(-0.27, 0.27, len(drawn))
     for ax, (b, rows) in zip(axes[0], panels):
         y = np.arange(len(rows))[::-1]
         for (g, d), yi in zip(rows, y):
-            for off, split in zip(offsets, SPLITS):
+            for off, split in zip(offsets, drawn):
                 e = d.get(split)
                 if not e or e.mean is None:
                     continue
                 ax.errorbar([100 * e.mean], [yi + off], xerr=[[100 * (e.mean - e.lo)], [100 * (e.hi - e.mean)]],
-                            fmt=SPLIT_MARKERS[split], color=g.colour, mec="#222", mew=0.5, ms=6, ecolor="#444",
+                            fmt=split_marker(split), color=g.colour, mec="#222", mew=0.5, ms=6, ecolor="#444",
                             elinewidth=1, capsize=2)
         ax.axvline(0, color="#333", lw=1)
         ax.set_yticks(y, [g.label for g, _ in rows])
@@ -749,12 +786,13 @@ def plot_differences(a: Analysis, plots: Plots) -> str:
         ax.set_ylim(-0.6, len(rows) - 0.4)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker=SPLIT_MARKERS[s], ls="", color="#777", mec="#222", label=s) for s in SPLITS]
+    handles = [Line2D([], [], marker=split_marker(s), ls="", color="#777", mec="#222", label=s) for s in drawn]
     axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9, title="split")
     fig.tight_layout()
-    return plots.render(fig, "differences", "Paired differences in accuracy (arm minus baseline) with 95% bootstrap CIs "
-                        "over matched (seed, question) pairs. Intervals that do not cross 0 are differences the questions "
-                        "support; intervals across 0 are not.", "forest plot of paired accuracy differences")
+    return plots.render(fig, "differences", "Paired differences in accuracy (arm minus baseline) with 95% CIs "
+                        "of a bootstrap over matched (seed, question) pairs that resamples the seeds, then the pairs "
+                        "within each seed." + forgetting_text(a) + " Intervals that do not cross 0 are differences the "
+                        "questions support; intervals across 0 are not.", "forest plot of paired accuracy differences")
 
 
 def plot_sweep(a: Analysis, plots: Plots) -> str | None:
@@ -840,11 +878,13 @@ def _hex(c: Any) -> str:
 
 def summary_table(a: Analysis) -> str:
     k = a.top_k
-    headers = ["arm", "seeds", *[f"{s}<br><small>acc. % [95% CI]</small>" for s in SPLITS],
+    sizes = {s: stats.fmt_sizes(stats.questions_per_world(a.records, s)) for s in a.splits}
+    headers = ["arm", "seeds", *[f"{s}<br><small>acc. % [95% CI]<br>n {sizes[s]} / seed</small>" for s in a.splits],
                f"recall@{k}<br><small>% · MRR</small>", "CKA mean<br><small>LM</small>", "CKA min<br><small>LM</small>",
                "update<br><small>time · $</small>", "serving / 1k queries<br><small>time · $</small>"]
     titles = ["strategy (and grid point)", "distinct seeds (runs)",
-              *[f"accuracy on the {s} split: % answers containing the gold answer; CI: bootstrap over questions" for s in SPLITS],
+              *[f"accuracy on the {s} split: % answers containing the gold answer; CI: bootstrap resampling seeds, "
+                f"then questions within each seed; n: questions per seed" for s in a.splits],
               "share of questions whose gold document is in the top k retrieved; below: mean reciprocal rank",
               "mean over layers of CKA(base LM, updated LM)", "lowest layer CKA",
               "wall time of the one-off update (embed + index + train), priced at the configured $/hour",
@@ -869,7 +909,7 @@ def summary_table(a: Analysis) -> str:
         s_usd = g.mean("cost.serving_per_1k.usd")
         rows.append([
             arm_cell(g), f"{seeds}" + (f" ({n_runs} runs)" if n_runs != seeds else ""),
-            *[fmt_estimate(g.acc.get(s)) for s in SPLITS],
+            *[fmt_estimate(g.acc.get(s)) for s in a.splits],
             recall, cka_m, fmt_num(cka_min),
             update + (f'<span class="ci">{fmt_usd(u_usd)}</span>' if u_usd is not None else ""),
             serve + (f'<span class="ci">{fmt_usd(s_usd)}</span>' if s_usd is not None else ""),
@@ -883,13 +923,14 @@ def differences_tables(a: Analysis) -> str:
                 "baseline arm (stale or reembed) on the same seed.</div>")
     out = []
     for b, rows in a.diffs.items():
+        splits = [s for s in a.splits if s in rows[0][1]]
         body = []
         for g, d in rows:
-            base = next((e for e in d.values() if e), None)
-            pairs = f"{base.n} ({base.n_seeds} seed{'s' if base.n_seeds != 1 else ''})" if base else "–"
-            body.append([arm_cell(g), *[fmt_estimate(d.get(s), signed=True) for s in SPLITS], pairs])
-        out.append(f"<h3>vs <code>{esc(b)}</code></h3>" + table(
-            ["arm", *[f"{s}<br><small>Δ pp [95% CI]</small>" for s in SPLITS], "pairs (updated)"], body, "diffs"))
+            seeds = max((e.n_seeds for e in d.values() if e), default=0)
+            body.append([arm_cell(g), *[fmt_estimate(d.get(s), signed=True) for s in splits], str(seeds or "–")])
+        what = f" (forgetting reference: {' and '.join(splits)} only)" if b == stats.FORGETTING_REFERENCE else ""
+        out.append(f"<h3>vs <code>{esc(b)}</code>{esc(what)}</h3>" + table(
+            ["arm", *[f"{s}<br><small>Δ pp [95% CI]<br>n pairs · McNemar p</small>" for s in splits], "seeds"], body, "diffs"))
     return "".join(out)
 
 
@@ -972,7 +1013,7 @@ pre.cmd { background: var(--band); border: 1px solid var(--line); border-radius:
 table { border-collapse: collapse; margin: 8px 0 4px; font-size: 13.5px; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid var(--line); padding: 6px 10px; text-align: right; vertical-align: top; white-space: nowrap; }
 table.runs td, table.runs th { text-align: left; }
-table.summary .ci { display: block; }
+table.summary .ci, table.diffs .ci { display: block; }
 th { background: var(--band); font-weight: 600; vertical-align: bottom; }
 td:first-child, th:first-child { text-align: left; }
 tbody tr:hover { background: #fafbfc; }
@@ -1009,6 +1050,10 @@ window.addEventListener('load', function () {
 
 
 def how_to_read(a: Analysis) -> str:
+    general = " and\n<i>general</i> about world knowledge" if "general" in a.splits else ""
+    stored = ("""<i>stored</i> is not a question: the LM alone,
+with no retrieval, completes each updated fact's sentence from the knowledge base; high <i>stored</i> with low
+<i>updated</i> means the facts are in the weights but the model cannot answer questions with them.""" if stats.STORED in a.splits else "")
     return f"""
 <div class="howto" id="how-to-read">
 <p><b>How to read this.</b> Every arm starts from the same base system (an LM, a frozen embedder and an index over the
@@ -1016,14 +1061,14 @@ knowledge base before the update) and answers the same questions, seed by seed; 
 <code>stale</code> changes nothing, <code>reembed</code> re-embeds the new knowledge base and rebuilds the index,
 <code>lora</code> fine-tunes the LM on the new facts and answers without retrieval (closed-book), <code>lora_rag</code>
 does both; retrieval arms put the top {a.top_k} documents in the prompt. Accuracy is the share of answers that contain the gold answer. The <i>updated</i> and <i>paraphrased</i>
-splits ask about facts the update changed (a good update raises them), <i>unchanged</i> about facts it kept and
-<i>general</i> about world knowledge (a good update does not lower them). <i>stored</i> is not a question: the LM alone,
-with no retrieval, completes each updated fact's sentence from the knowledge base; high <i>stored</i> with low
-<i>updated</i> means the facts are in the weights but the model cannot answer questions with them.</p>
-<p>Numbers in brackets are 95% bootstrap confidence intervals over questions. The differences table compares arms on
+splits ask about facts the update changed (a good update raises them), <i>unchanged</i> about facts it kept{general}
+(a good update does not lower them). {stored}</p>
+<p>Numbers in brackets are 95% bootstrap confidence intervals that resample the seeds (each seed is its own fictional
+world with its own questions), then the questions within each resampled seed: they say how much a number would move in
+another world, not only with other questions. The differences table compares arms on
 the very same questions (paired by seed and question), which is much more sensitive than comparing two intervals:
-a difference whose interval excludes 0 is shown in colour. CKA measures how similar the updated model's internal
-representations are to the base model's (1 = identical geometry); arms that do not touch the LM (stale, reembed) have
+a difference whose interval excludes 0 is shown in colour; beneath it, n matched pairs and the exact McNemar test's p.
+CKA measures how similar the updated model's internal representations are to the base model's (1 = identical geometry); arms that do not touch the LM (stale, reembed) have
 CKA exactly 1.0 by construction. Update cost is paid once per knowledge update; serving cost is per 1,000 queries.
 Hover over a number for its source, the number of questions behind it and its per-seed values.</p>
 </div>"""
@@ -1078,6 +1123,13 @@ SECTIONS = (("summary", "Summary"), ("differences", "Paired differences"), ("acc
             ("cost-accuracy", "Accuracy vs cost"), ("shift", "Latent shift (CKA)"), ("cost", "Cost by phase"), ("runs", "Runs"))
 
 
+def forgetting_text(a: Analysis) -> str:
+    if stats.FORGETTING_REFERENCE not in a.diffs:
+        return ""
+    on = " and ".join(f"<i>{esc(s)}</i>" for s in stats.reference_splits(stats.FORGETTING_REFERENCE, a.splits))
+    return f" <code>{stats.FORGETTING_REFERENCE}</code>, the base LM untouched, is the reference for forgetting: compared on {on} only."
+
+
 def render_html(a: Analysis, command: str, plot_format: str = "svg") -> str:
     plots = Plots(plot_format)
 
@@ -1097,8 +1149,11 @@ def render_html(a: Analysis, command: str, plot_format: str = "svg") -> str:
 
     def differences() -> str:
         return ("<p>Mean difference in accuracy (percentage points, arm minus baseline) over (seed, question) pairs "
-                "matched by <code>qid</code> within each seed, with a 95% bootstrap CI resampling those pairs. "
-                f"{a.n_boot} resamples, seeded. Green: CI above 0; red: below 0.</p>"
+                "matched by <code>qid</code> within each seed, with a 95% bootstrap CI that resamples the seeds, then "
+                f"the pairs within each resampled seed ({a.n_boot} resamples, seeded). Green: CI above 0; red: below 0. "
+                "Under each: n, the matched pairs, and p, the two-sided exact McNemar test on them (b = pairs the arm "
+                "answers and the baseline misses, c = the reverse; hover for b and c)."
+                + forgetting_text(a) + "</p>"
                 + differences_tables(a) + plot_differences(a, plots))
 
     def accuracy() -> str:

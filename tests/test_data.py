@@ -22,7 +22,8 @@ from updatelab.data.load import load_update  # noqa: E402
 from updatelab.data.schema import SPLITS, DatasetSchemaError  # noqa: E402
 from updatelab.data.update import Document, KnowledgeUpdate, Question  # noqa: E402
 
-FILES = ("kb_v0.jsonl", "kb_v1.jsonl", "questions.jsonl", "train_docs.jsonl", "train_qa.jsonl", "meta.json")
+FILES = ("kb_v0.jsonl", "kb_v1.jsonl", "questions.jsonl", "train_docs.jsonl", "train_qa.jsonl", "inject_qa.jsonl",
+         "dev.jsonl", "meta.json")
 SMALL = dict(n_people=30, edit_fraction=0.2, n_new=6, eval_fraction=0.5, n_unchanged_questions=8, n_general=5,
              renderings=3, sentences_per_doc=2)
 
@@ -101,7 +102,7 @@ def test_counts_match_parameters(update, gen_dir):
     assert len(update.changed_doc_ids()) == n_edit + n_new * chunks
     assert len(update.train_docs) == 5 * (n_people + n_new)
     demo_people = (n_edit - n_eval_edit) + (n_new - n_eval_new)
-    assert len(update.train_qa) == demo_people * sum(len(a.questions) for a in synthetic.ATTRIBUTES)
+    assert len(update.train_qa) == demo_people * sum(len(a.train_questions) for a in synthetic.ATTRIBUTES)
     meta = json.loads((gen_dir / "meta.json").read_text())
     assert meta["counts"]["questions"] == counts and meta["counts"]["edited_people"] == n_edit
 
@@ -346,13 +347,14 @@ def test_hub_source_validates_rows_and_names_dataset_file_and_row(small, tmp_pat
         return real("json", data_files=str(small / data_files), split=split, cache_dir=str(tmp_path / "hf"))
 
     monkeypatch.setattr(load_mod, "_load_dataset", fake_hub)
-    files = {k: f"{k}.jsonl" for k in ("kb_v0", "kb_v1", "questions", "train_docs", "train_qa")}
+    keys = ("kb_v0", "kb_v1", "questions", "train_docs", "train_qa", "inject_qa", "dev")
+    files = {k: f"{k}.jsonl" for k in keys}
     hub = load_update(source="hub", path="org/bios", data_files=files)
     assert sorted(seen) == sorted(files.values())
     monkeypatch.setattr(load_mod, "_load_dataset", real)
     local = load_update(small, cache_dir=tmp_path / "hf")
     assert hub.name == "org/bios" and hub.fingerprint == local.fingerprint and hub == KnowledgeUpdate(
-        **{**{f: getattr(local, f) for f in ("kb_v0", "kb_v1", "questions", "train_docs", "train_qa")},
+        **{**{f: getattr(local, f) for f in keys},
            "name": "org/bios", "fingerprint": local.fingerprint})
 
     monkeypatch.setattr(load_mod, "_load_dataset", fake_hub)
@@ -375,7 +377,8 @@ def test_unknown_source_and_missing_files_are_clear(small, tmp_path):
 def test_qa_templates_limits_demo_questions_per_attribute(tmp_path):
     one = load_update(synthetic.generate(tmp_path / "one", seed=0, qa_templates=1, **SMALL))
     both = load_update(synthetic.generate(tmp_path / "both", seed=0, **SMALL))
-    assert len(one.train_qa) == len(both.train_qa) // 2 == len({(q.entity, q.attribute) for q in both.train_qa})
+    per_fact = len(synthetic.ATTRIBUTES[0].train_questions)
+    assert len(one.train_qa) == len(both.train_qa) // per_fact == len({(q.entity, q.attribute) for q in both.train_qa})
     assert {q.question for q in one.train_qa} < {q.question for q in both.train_qa}
     with pytest.raises(ValueError, match="qa_templates"):
         synthetic.generate(tmp_path / "bad", seed=0, qa_templates=0, **SMALL)

@@ -57,7 +57,7 @@ class ShiftProbe:
         lm = sh.compare(self.base_lm, self._lm_states(updated.lm, updated.tokenizer, "probe updated LM"), self.s.batch_size)
         lm["base_weights_untouched"] = weights_fingerprint(updated.lm) == self.base_lm_fp
         lm["has_adapter"] = hasattr(updated.lm, "peft_config")
-        lm["moved"] = lm["has_adapter"]
+        lm["moved"] = lm["has_adapter"] or not lm["base_weights_untouched"]  # LoRA, or full fine-tuning
         emb = sh.compare(self.base_emb, self._emb_states(updated), self.s.batch_size)
         out: dict[str, Any] = {"lm": _rounded(lm), "embedder": _rounded(emb)}
         if updated.kb_version == "v1" and updated.vectors is not None and self.base_vectors is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from updatelab.data.schema import (
+    DEV_SPLIT,
     FILE_KIND,
     FILE_NAMES,
     OPTIONAL_FILES,
@@ -60,8 +61,10 @@ def features_for(key: str):
                 "attribute": s}
     elif kind == "train_docs":
         spec = {"entity": s, "text": s, "rendering": Value("int64")}
+    elif kind == "dev":
+        spec = {"qid": s, "question": s, "answer": s, "aliases": List(s), "doc_id": s, "entity": s, "attribute": s}
     else:
-        spec = {"question": s, "answer": s, "entity": s, "attribute": s}
+        spec = {"question": s, "answer": s, "entity": s, "attribute": s, "doc_id": s}
     return datasets.Features(spec)
 
 
@@ -166,9 +169,11 @@ def _build(name: str, source: str, rows: Mapping[str, list[dict[str, Any]]]) -> 
     questions = tuple(Question(**r) for r in rows["questions"])
     train_docs = tuple(TrainDoc(**r) for r in rows.get("train_docs", ()))
     train_qa = tuple(QAPair(**r) for r in rows.get("train_qa", ()))
+    inject_qa = tuple(QAPair(**r) for r in rows.get("inject_qa", ()))
+    dev = tuple(Question(split=DEV_SPLIT, **r) for r in rows.get("dev", ()))
     return KnowledgeUpdate(
         name=name,
-        fingerprint=compute_fingerprint(kb_v0, kb_v1, questions, train_docs, train_qa),
+        fingerprint=compute_fingerprint(kb_v0, kb_v1, questions, train_docs, train_qa, inject_qa, dev),
         kb_v0=kb_v0, kb_v1=kb_v1, questions=questions, train_docs=train_docs, train_qa=train_qa,
-        source=source,
+        inject_qa=inject_qa, dev=dev, source=source,
     )

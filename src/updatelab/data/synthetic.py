@@ -23,10 +23,20 @@ the first ``n_general`` questions of ``general_qa.jsonl`` (world knowledge: the 
 probe, the same across seeds). qids are ``"{split}-{i:04d}"``; ``paraphrased-i`` asks the fact
 of ``updated-i``.
 
-``train_qa.jsonl``: every attribute of every demo person, once per (non-paraphrase) question
-template (the first ``qa_templates`` of them; null = all) -- never an evaluated person. ``train_docs.jsonl``: ``renderings`` renderings of every
-KB v1 person's full bio, keyed by entity (rendering 0 = the KB v1 text; others re-draw the
-templates and shuffle the sentence order).
+Question wordings have one role each: ``questions`` templates ask ``updated``/``unchanged`` (and
+``dev``), ``paraphrases`` ask ``paraphrased`` (and ``dev``), ``train_questions`` (>= 4 per
+attribute) and ``reverse`` only ever appear in training files. So a model trained on the training
+files is evaluated on wordings it never saw.
+
+``train_qa.jsonl``: every attribute of every demo person, once per training template (the first
+``qa_templates`` of them; null = all) -- never an evaluated person. ``inject_qa.jsonl``: every
+changed fact (edited people's changed attribute, all attributes of new people; evaluated and demo
+people) once per training template (the first ``inject_templates``; null = all), plus the reversed
+question (value -> name) where the value identifies one KB v1 person. ``dev.jsonl``: the demo
+people's changed facts (as ``updated`` picks them) in one ``questions`` and one ``paraphrases``
+wording each: held-out questions for checkpoint selection, about people never evaluated.
+``train_docs.jsonl``: ``renderings`` renderings of every KB v1 person's full bio, keyed by entity
+(rendering 0 = the KB v1 text; others re-draw the templates and shuffle the sentence order).
 
 Everything is drawn from ``random.Random`` streams seeded by strings derived from ``seed``
 (string seeding hashes with SHA-512: stable across processes and Python versions), so the same
@@ -42,6 +52,7 @@ import math
 import os
 import random
 import shutil
+from collections import Counter
 import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -50,7 +61,7 @@ from typing import Any
 
 from updatelab.data.schema import FILE_NAMES, META_FILE, SPLITS, write_jsonl
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,9 +98,14 @@ class Attribute:
     name: str
     values: tuple[str, ...]
     sentences: tuple[str, ...]      # document sentences
-    questions: tuple[str, ...]      # updated / unchanged questions and train_qa
-    paraphrases: tuple[str, ...]    # paraphrased questions only
+    questions: tuple[str, ...]      # updated / unchanged questions (and the dev split)
+    paraphrases: tuple[str, ...]    # paraphrased questions (and the dev split)
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Reserved for training (train_qa, inject_qa): never the wording of an evaluation or dev question.
+    train_questions: tuple[str, ...] = ()
+    # The reversed direction ({value} -> the person's name): used only for a value that identifies
+    # one person of KB v1, else the question would have several right answers.
+    reverse: tuple[str, ...] = ()
 
 
 def _short_aliases(values: tuple[str, ...], drop: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
@@ -133,6 +149,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
          "{name}'s hometown is {value}."),
         ("Where was {name} born?", "What is the birth city of {name}?"),
         ("In which city did {name} come into the world?", "What city is {name} originally from?"),
+        train_questions=("Which city is the birthplace of {name}?", "Name the city where {name} was born.",
+                         "{name} was born in which city?", "Tell me the hometown of {name}."),
+        reverse=("Who was born in {value}?",),
     ),
     Attribute(
         "birth_year",
@@ -144,6 +163,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
          "{value} is the year {name} was born."),
         ("In what year was {name} born?", "What is the birth year of {name}?"),
         ("When was {name} born? Give the year.", "Which year saw the birth of {name}?"),
+        train_questions=("{name} was born in which year?", "Name the year of birth of {name}.",
+                         "What year was {name} born in?", "Tell me the year {name} was born."),
+        reverse=("Who was born in the year {value}?",),
     ),
     Attribute(
         "university",
@@ -155,7 +177,10 @@ ATTRIBUTES: tuple[Attribute, ...] = (
          "{value} is the university {name} attended."),
         ("Which university did {name} attend?", "Where did {name} study?"),
         ("What is the alma mater of {name}?", "From which university did {name} graduate?"),
-        _short_aliases(_UNIVERSITIES, ("University of ", " University", " College")),
+        train_questions=("{name} studied at which university?", "Name the university {name} went to.",
+                         "Which university granted {name} a degree?", "Tell me where {name} went to university."),
+        reverse=("Who studied at {value}?",),
+        aliases=_short_aliases(_UNIVERSITIES, ("University of ", " University", " College")),
     ),
     Attribute(
         "major",
@@ -170,6 +195,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
          "The academic major of {name} was {value}."),
         ("What did {name} major in?", "What was the major of {name}?"),
         ("Which field did {name} study at university?", "What subject did {name} earn a degree in?"),
+        train_questions=("{name} majored in which subject?", "Name the academic major of {name}.",
+                         "What was {name}'s field of study?", "Tell me what {name} majored in."),
+        reverse=("Who majored in {value}?",),
     ),
     Attribute(
         "employer",
@@ -181,7 +209,10 @@ ATTRIBUTES: tuple[Attribute, ...] = (
          "{name} earns a living working at {value}."),
         ("Which company does {name} work for?", "Who is the employer of {name}?"),
         ("What company employs {name}?", "At which company does {name} have a job?"),
-        {v: (v.split()[0],) for v in _EMPLOYERS},
+        train_questions=("{name} works for which company?", "Name the employer of {name}.",
+                         "Which firm is {name} employed by?", "Tell me the company {name} works at."),
+        reverse=("Who works for {value}?",),
+        aliases={v: (v.split()[0],) for v in _EMPLOYERS},
     ),
     Attribute(
         "work_city",
@@ -195,6 +226,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
          "The workplace of {name} is in {value}."),
         ("In which city does {name} work?", "What is the work city of {name}?"),
         ("What city is {name}'s office located in?", "Which city does {name} commute to for work?"),
+        train_questions=("{name} works in which city?", "Name the city where {name} works.",
+                         "Which city is {name}'s workplace in?", "Tell me the city {name} works in."),
+        reverse=("Who works in {value}?",),
     ),
 )
 ATTRIBUTE_NAMES: tuple[str, ...] = tuple(a.name for a in ATTRIBUTES)
@@ -216,17 +250,20 @@ def check_vocabulary() -> None:
     for v in all_values:
         assert not any(v != w and v.casefold() in w.casefold() for w in all_values), v
         for a in ATTRIBUTES:
-            for t in a.sentences + a.questions + a.paraphrases:
+            for t in a.sentences + a.questions + a.paraphrases + a.train_questions + a.reverse:
                 assert v.casefold() not in t.casefold(), (v, t)
     texts: set[str] = set()
     for a in ATTRIBUTES:
         assert len(set(a.values)) >= 20 and len(a.sentences) >= 4
-        assert len(a.questions) >= 2 and len(a.paraphrases) >= 2
+        assert len(a.questions) >= 2 and len(a.paraphrases) >= 2 and len(a.train_questions) >= 4
         for t in a.sentences:
             assert "{name}" in t and "{value}" in t, t
-        for t in a.questions + a.paraphrases:
+        for t in a.questions + a.paraphrases + a.train_questions:
             assert "{name}" in t and "{value}" not in t, t
-        for t in a.questions + a.paraphrases:
+        for t in a.reverse:
+            assert "{value}" in t and "{name}" not in t, t
+        # Evaluation, dev and training wordings are disjoint: a template is used for one role only.
+        for t in a.questions + a.paraphrases + a.train_questions + a.reverse:
             assert t not in texts, f"question template used twice: {t}"
             texts.add(t)
         assert all(1 <= len(v.split()) <= 3 for v in a.values)
@@ -286,7 +323,8 @@ def _new_person(rng: random.Random, pid: str, taken: set[str]) -> _Person:
 
 
 def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction: float, n_unchanged_questions: int,
-                  n_general: int, renderings: int, sentences_per_doc: int, qa_templates: int | None = None) -> None:
+                  n_general: int, renderings: int, sentences_per_doc: int, qa_templates: int | None = None,
+                  inject_templates: int | None = None) -> None:
     def _int(name: str, value: Any, lo: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
@@ -303,6 +341,8 @@ def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction
     _int("sentences_per_doc", sentences_per_doc, 1)
     if qa_templates is not None:
         _int("qa_templates", qa_templates, 1)
+    if inject_templates is not None:
+        _int("inject_templates", inject_templates, 1)
     _frac("edit_fraction", edit_fraction)
     _frac("eval_fraction", eval_fraction)
     capacity = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(SURNAMES)
@@ -312,7 +352,8 @@ def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction
 
 def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fraction: float = 0.2, n_new: int = 20,
              eval_fraction: float = 0.5, n_unchanged_questions: int = 30, n_general: int = 40, renderings: int = 5,
-             sentences_per_doc: int = 2, qa_templates: int | None = None) -> Path:
+             sentences_per_doc: int = 2, qa_templates: int | None = None,
+             inject_templates: int | None = None) -> Path:
     """Write a synthetic knowledge update into `out_dir` (created; the files are overwritten).
 
     Deterministic: same arguments -> byte-identical files. Returns ``Path(out_dir)``.
@@ -320,7 +361,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     _check_params(n_people, edit_fraction, n_new, eval_fraction, n_unchanged_questions, n_general, renderings,
-                  sentences_per_doc, qa_templates)
+                  sentences_per_doc, qa_templates, inject_templates)
     spd = sentences_per_doc
     width = max(4, len(str(n_people + n_new - 1)))
 
@@ -388,9 +429,39 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
                    "aliases": list(g.get("aliases", [])), "doc_id": None, "entity": None, "attribute": None}
                   for j, g in enumerate(general)]
 
-    # Training data.
-    train_qa = [{"question": t.format(name=p.name), "answer": p.values[a.name], "entity": p.name, "attribute": a.name}
-                for p in sorted(demo, key=lambda p: p.pid) for a in ATTRIBUTES for t in a.questions[:qa_templates]]
+    # The development split: demo people's changed facts in the evaluation's wordings (so it
+    # measures what `updated`/`paraphrased` measure), never an evaluated person.
+    rng = _rng(seed, "dev")
+    demo_facts: list[tuple[_Person, str]] = [(people_v1[i], edits[i][0]) for j, i in enumerate(edited_idx)
+                                             if j not in eval_edit]
+    for p in [p for j, p in enumerate(new_people) if j not in eval_new]:
+        chosen = set(rng.sample(ATTRIBUTE_NAMES, min(QUESTIONS_PER_NEW_PERSON, len(ATTRIBUTE_NAMES))))
+        demo_facts += [(p, a) for a in ATTRIBUTE_NAMES if a in chosen]
+    dev = []
+    for p, attr in demo_facts:
+        for templates in (_ATTR[attr].questions, _ATTR[attr].paraphrases):
+            row = question(f"dev-{len(dev):04d}", "dev", p, attr, templates)
+            del row["split"]
+            dev.append(row)
+
+    # Training data, all in training-only question wordings.
+    def qa_row(p: _Person, attr: str, template: str) -> dict[str, Any]:
+        return {"question": template.format(name=p.name), "answer": p.values[attr], "entity": p.name,
+                "attribute": attr, "doc_id": p.doc_of(attr, spd)}
+
+    train_qa = [qa_row(p, a.name, t) for p in sorted(demo, key=lambda p: p.pid) for a in ATTRIBUTES
+                for t in a.train_questions[:qa_templates]]
+    # Injection QA: every changed fact (an edited person's changed attribute, every attribute of a
+    # new person), evaluated and demo people alike -- knowledge injection as practised.
+    holders = Counter((a, p.values[a]) for p in people_v1 + new_people for a in ATTRIBUTE_NAMES)
+    changed_facts = [(people_v1[i], edits[i][0]) for i in edited_idx]
+    changed_facts += [(p, a) for p in new_people for a in ATTRIBUTE_NAMES]
+    inject_qa = []
+    for p, attr in changed_facts:
+        inject_qa += [qa_row(p, attr, t) for t in _ATTR[attr].train_questions[:inject_templates]]
+        if holders[(attr, p.values[attr])] == 1:
+            inject_qa += [{"question": t.format(value=p.values[attr]), "answer": p.name, "entity": p.name,
+                           "attribute": attr, "doc_id": p.doc_of(attr, spd)} for t in _ATTR[attr].reverse]
     rng = _rng(seed, "renderings")
     train_docs = []
     for p in people_v1 + new_people:
@@ -417,11 +488,14 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
     write_jsonl(out / FILE_NAMES["questions"], questions)
     write_jsonl(out / FILE_NAMES["train_docs"], train_docs)
     write_jsonl(out / FILE_NAMES["train_qa"], train_qa)
+    write_jsonl(out / FILE_NAMES["inject_qa"], inject_qa)
+    write_jsonl(out / FILE_NAMES["dev"], dev)
 
     v0_text = {d["doc_id"]: d["text"] for d in kb_v0}
     params = {"seed": seed, "n_people": n_people, "edit_fraction": edit_fraction, "n_new": n_new,
               "eval_fraction": eval_fraction, "n_unchanged_questions": n_unchanged_questions, "n_general": n_general,
-              "renderings": renderings, "sentences_per_doc": sentences_per_doc, "qa_templates": qa_templates}
+              "renderings": renderings, "sentences_per_doc": sentences_per_doc, "qa_templates": qa_templates,
+              "inject_templates": inject_templates}
     split_counts = {s: sum(q["split"] == s for q in questions) for s in SPLITS}
     meta = {
         "generator": "updatelab.data.synthetic",
@@ -435,6 +509,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
             "docs_v0": len(kb_v0), "docs_v1": len(kb_v1),
             "changed_docs": sum(v0_text.get(d["doc_id"]) != d["text"] for d in kb_v1),
             "questions": split_counts, "train_docs": len(train_docs), "train_qa": len(train_qa),
+            "inject_qa": len(inject_qa), "dev": len(dev),
         },
         "edits": [{"person_id": people[i].pid, "entity": people[i].name, "attribute": a, "old": o, "new": n,
                    "doc_id": people[i].doc_of(a, spd)} for i, (a, o, n) in sorted(edits.items())],

@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from updatelab.data.schema import FILE_NAMES, SPLITS, dumps_row, write_jsonl
+from updatelab.data.schema import DEV_SPLIT, FILE_NAMES, OPTIONAL_FILES, SPLITS, dumps_row, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -50,22 +50,29 @@ class Question:
         return (self.answer, *self.aliases)
 
     def to_row(self) -> dict[str, Any]:
-        return {"qid": self.qid, "split": self.split, "question": self.question, "answer": self.answer,
-                "aliases": list(self.aliases), "doc_id": self.doc_id, "entity": self.entity,
-                "attribute": self.attribute}
+        row = {"qid": self.qid, "split": self.split, "question": self.question, "answer": self.answer,
+               "aliases": list(self.aliases), "doc_id": self.doc_id, "entity": self.entity,
+               "attribute": self.attribute}
+        if self.split == DEV_SPLIT:  # dev.jsonl has no split column: the file is the split
+            del row["split"]
+        return row
 
 
 @dataclass(frozen=True)
 class QAPair:
-    """A training QA pair ("mixed training") about an entity never asked about in evaluation."""
+    """A training QA pair: demo QA (``train_qa``, entities never evaluated) or injection QA
+    (``inject_qa``, the changed facts in training-only wording). ``doc_id``: the KB v1 document
+    holding the fact, when known."""
 
     question: str
     answer: str
     entity: str = ""
     attribute: str = ""
+    doc_id: str | None = None
 
     def to_row(self) -> dict[str, Any]:
-        return {"question": self.question, "answer": self.answer, "entity": self.entity, "attribute": self.attribute}
+        return {"question": self.question, "answer": self.answer, "entity": self.entity, "attribute": self.attribute,
+                "doc_id": self.doc_id}
 
 
 @dataclass(frozen=True)
@@ -80,12 +87,13 @@ class TrainDoc:
         return {"entity": self.entity, "text": self.text, "rendering": self.rendering}
 
 
-_FILE_ATTRS = ("kb_v0", "kb_v1", "questions", "train_docs", "train_qa")  # == schema.FILE_NAMES keys
+_FILE_ATTRS = tuple(FILE_NAMES)  # kb_v0, kb_v1, questions, train_docs, train_qa, inject_qa, dev
 
 
 def compute_fingerprint(kb_v0: Iterable[Document], kb_v1: Iterable[Document], questions: Iterable[Question],
-                        train_docs: Iterable[TrainDoc] = (), train_qa: Iterable[QAPair] = ()) -> str:
-    """sha256 (hex) over the canonical content of the five files.
+                        train_docs: Iterable[TrainDoc] = (), train_qa: Iterable[QAPair] = (),
+                        inject_qa: Iterable[QAPair] = (), dev: Iterable[Question] = ()) -> str:
+    """sha256 (hex) over the canonical content of the files.
 
     Each file contributes its key and its rows, one canonical JSON line per row (key order and
     defaults as written by :meth:`KnowledgeUpdate.save`). So it is stable across runs and
@@ -93,7 +101,10 @@ def compute_fingerprint(kb_v0: Iterable[Document], kb_v1: Iterable[Document], qu
     formatting (spacing, key order, omitted defaults). An absent optional file counts as empty.
     """
     h = hashlib.sha256()
-    for key, items in zip(_FILE_ATTRS, (kb_v0, kb_v1, questions, train_docs, train_qa)):
+    for key, items in zip(_FILE_ATTRS, (kb_v0, kb_v1, questions, train_docs, train_qa, inject_qa, dev)):
+        items = list(items)
+        if key in ("inject_qa", "dev") and not items:
+            continue  # absent newer files leave the fingerprint of older updates as it was
         h.update(f"== {key}\n".encode())
         for item in items:
             h.update(dumps_row(item.to_row()).encode("utf-8"))
@@ -117,6 +128,8 @@ class KnowledgeUpdate:
     questions: tuple[Question, ...]
     train_docs: tuple[TrainDoc, ...] = ()
     train_qa: tuple[QAPair, ...] = ()
+    inject_qa: tuple[QAPair, ...] = ()
+    dev: tuple[Question, ...] = ()  # split "dev": checkpoint selection only, never reported as evaluation
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -181,7 +194,7 @@ class KnowledgeUpdate:
 
     # -- (de)serialisation -------------------------------------------------------------------
     def compute_fingerprint(self) -> str:
-        return compute_fingerprint(self.kb_v0, self.kb_v1, self.questions, self.train_docs, self.train_qa)
+        return compute_fingerprint(*(getattr(self, k) for k in _FILE_ATTRS))
 
     def save(self, out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
         """Write the update as a folder in the on-disk format (optional files only when non-empty)."""
@@ -189,7 +202,7 @@ class KnowledgeUpdate:
         out.mkdir(parents=True, exist_ok=True)
         for key in _FILE_ATTRS:
             items: Sequence[Any] = getattr(self, key)
-            if key in ("train_docs", "train_qa") and not items:
+            if key in OPTIONAL_FILES and not items:
                 continue
             write_jsonl(out / FILE_NAMES[key], (item.to_row() for item in items))
         if meta is not None:
@@ -202,5 +215,6 @@ class KnowledgeUpdate:
         return {"name": self.name, "fingerprint": self.fingerprint[:12], "kb_v0": len(self.kb_v0),
                 "kb_v1": len(self.kb_v1), "changed_docs": len(self.changed_doc_ids()),
                 "questions": {s: len(qs) for s, qs in self.splits().items()},
-                "train_docs": len(self.train_docs), "train_qa": len(self.train_qa)}
+                "train_docs": len(self.train_docs), "train_qa": len(self.train_qa),
+                "inject_qa": len(self.inject_qa), "dev": len(self.dev)}
 

@@ -1,30 +1,36 @@
-"""Knowledge injection by LoRA fine-tuning (PEFT inside Lightning); answers closed-book.
+"""Knowledge injection by fine-tuning (LoRA through PEFT, or every weight) inside Lightning.
 
-Training data follow what is known to make facts extractable at this scale (Allen-Zhu & Li,
-Physics of LMs 3.1): several renderings of every changed person's bio (paraphrase
-augmentation), plus QA pairs about *demo* people who are never evaluated, in the exact chat
-format of the evaluation, to teach the extraction format. Evaluation questions never enter
-training; `check_no_leak` enforces it at run time.
+The three fine-tuning arms share one training-data builder (`updatelab.training.recipe`); their
+options are the recipe's -- what to train on, in which order, with how much replay, RAFT
+passages or not -- plus checkpoint selection on the dev split (`adapter.select`). `lora` and
+`full_ft` answer closed-book; `lora_rag` answers with retrieval over the re-embedded KB v1.
+Evaluation questions never enter training; `check_no_leak` enforces it at run time.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
-from omegaconf import OmegaConf
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from updatelab.data.update import KnowledgeUpdate, Question
+from updatelab.metrics import qa
 from updatelab.metrics.cost import lora_train_flops, non_embedding_params
-from updatelab.models.lm import PromptBuilder
+from updatelab.models.lm import PromptBuilder, generate
+from updatelab.retrieval.index import search
 from updatelab.strategies.base import RunContext, Strategy, System, index_documents
 from updatelab.training.examples import TrainExample, TrainStats
+from updatelab.training.recipe import Recipe, TrainingData, build_training_data
+from updatelab.training.replay import rehearsal_examples
 
 log = logging.getLogger("updatelab")
 
@@ -33,75 +39,130 @@ class LeakError(RuntimeError):
     pass
 
 
-def build_training_examples(
-    update: KnowledgeUpdate,
-    tokenizer,
-    builder: PromptBuilder,
-    include_unchanged: bool = False,
-    paraphrases: bool = True,
-    qa_mixing: bool = True,
-) -> list[TrainExample]:
-    changed = update.changed_entities()
-    keep = (lambda e: True) if include_unchanged else (lambda e: e in changed)
-    if paraphrases and update.train_docs:
-        docs = [d.text for d in update.train_docs if keep(d.entity)]
-    else:
-        # Users' own data may have no renderings: train on the KB v1 documents themselves.
-        changed_ids = update.changed_doc_ids()
-        docs = [d.text for d in update.kb_v1 if include_unchanged or d.doc_id in changed_ids]
-    examples = [TrainExample(prompt="", completion=t) for t in docs]
-    if qa_mixing:
-        end = tokenizer.eos_token or ""
-        for qa in update.train_qa:
-            examples.append(TrainExample(prompt=builder.render(tokenizer, qa.question, None), completion=qa.answer + end, add_eos=False))
-    return examples
+def build_training_examples(update: KnowledgeUpdate, tokenizer, builder: PromptBuilder, include_unchanged: bool = False,
+                            paraphrases: bool = True, demo_qa: bool = True, inject_qa: bool = True) -> list[TrainExample]:
+    """The closed-book recipe's examples without replay (for tests and inspection)."""
+    recipe = Recipe(include_unchanged=include_unchanged, paraphrases=paraphrases, demo_qa=demo_qa, inject_qa=inject_qa)
+    return build_training_data(update, tokenizer, builder, recipe).examples
 
 
 def check_no_leak(examples: Sequence[TrainExample], questions: Sequence[Question]) -> None:
-    """No evaluation question may appear verbatim in any training text."""
+    """No evaluation (or dev) question may appear verbatim in any training text."""
     texts = [e.prompt + "\n" + e.completion for e in examples]
     leaked = [q.question for q in questions if any(q.question in t for t in texts)]
     if leaked:
         raise LeakError(f"{len(leaked)} evaluation question(s) occur in the training data, e.g. {leaked[0]!r}")
 
 
+def ranked_doc_ids(system: System, texts: Sequence[str], k: int) -> list[list[str]]:
+    """Top-k KB doc_ids of `system`'s index for each text (training-time retrieval: not serving cost)."""
+    if not texts:
+        return []
+    vecs = system.embedder.encode_queries(list(texts))
+    _, ids = search(system.index, vecs, k)
+    return [[system.docs[int(i)].doc_id for i in row if i >= 0] for row in ids]
+
+
+def dev_scorer(dev: Sequence[Question], tokenizer, builder: PromptBuilder, eval_cfg: Any,
+               passages: Sequence[Sequence[str] | None]):
+    """model -> accuracy (`contains`) on the dev questions, prompted and decoded as the evaluation is."""
+    prompts = [builder.render(tokenizer, q.question, p) for q, p in zip(dev, passages)]
+
+    def score(model) -> float:
+        answers, _ = generate(model, tokenizer, prompts, max_new_tokens=int(eval_cfg.max_new_tokens),
+                              batch_size=int(eval_cfg.batch_size), autocast=eval_cfg.autocast, progress=False)
+        return float(np.mean([qa.contains(a, q.answers) for q, a in zip(dev, answers)]))
+
+    return score
+
+
 @dataclass
 class Lora(Strategy):
     name: str = "lora"
-    include_unchanged: bool = False  # train on changed/new people only: the update, not a re-train
+    include_unchanged: bool = False  # train on changed/new entities only: the update, not a re-train
+    docs: bool = True
     paraphrases: bool = True
-    qa_mixing: bool = True
+    inject_qa: bool = True
+    demo_qa: bool = False
+    order: str = "mixed"
+    replay_ratio: float = 0.0
+    raft: bool = False
+    raft_gold_p: float = 0.8
     reuse_adapter: bool = True  # an identical training (same data, config, seed) is done once per cache
+    adapter_overrides: dict = field(default_factory=dict)  # adapter keys this arm sets (full_ft: method, lr)
 
     config_groups: ClassVar[tuple[str, ...]] = ("adapter", "trainer")
+    uses_retrieval: ClassVar[bool] = False
 
-    def _training_key(self, ctx: RunContext, update: KnowledgeUpdate, examples: Sequence[TrainExample]) -> str:
+    def recipe(self) -> Recipe:
+        names = {f.name for f in fields(Recipe)}
+        return Recipe(**{k: v for k, v in asdict(self).items() if k in names})
+
+    def adapter_cfg(self, ctx: RunContext) -> dict[str, Any]:
+        overrides = self.adapter_overrides
+        if isinstance(overrides, DictConfig):
+            overrides = OmegaConf.to_container(overrides, resolve=True)
+        return {**OmegaConf.to_container(ctx.cfg.adapter, resolve=True), **dict(overrides)}
+
+    def _training_key(self, ctx: RunContext, acfg: dict, examples: Sequence[TrainExample],
+                      dev_prompts: Sequence[str]) -> str:
         payload = {
             "model": OmegaConf.to_container(ctx.cfg.model, resolve=True),
-            "adapter": OmegaConf.to_container(ctx.cfg.adapter, resolve=True),
+            "adapter": acfg,
             "trainer": OmegaConf.to_container(ctx.cfg.trainer, resolve=True),
             "seed": ctx.seed,
             "examples": hashlib.sha256(json.dumps([asdict(e) for e in examples]).encode()).hexdigest(),
+            "dev": hashlib.sha256(json.dumps(list(dev_prompts)).encode()).hexdigest() if dev_prompts else None,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
-    def train(self, base: System, update: KnowledgeUpdate, ctx: RunContext):
-        from peft import PeftModel
+    def training_data(self, base: System, update: KnowledgeUpdate, ctx: RunContext, builder: PromptBuilder,
+                      reader: System | None) -> TrainingData:
+        """The recipe's examples; `reader` (a system with a KB v1 index) supplies passages for a
+        retrieval arm's replay and RAFT examples."""
+        recipe = self.recipe()
+        k = int(ctx.cfg.eval.top_k)
+        retrieve = (lambda texts: ranked_doc_ids(reader, texts, k + 1)) if reader is not None else None
+        pool: list[TrainExample] = []
+        if recipe.replay_ratio > 0:
+            passages_for = (lambda q: [update.doc(d).text for d in retrieve([q])[0][:k]]) if retrieve else (lambda q: None)
+            pool, cached = rehearsal_examples(
+                base.lm, base.tokenizer, builder, ctx.cfg.eval, ctx.cfg.paths.cache_dir,
+                model_key=json.dumps(OmegaConf.to_container(ctx.cfg.model, resolve=True), sort_keys=True),
+                passages_for=passages_for, progress=ctx.progress)
+            log.info("replay: %d self-generated answers of the base model%s", len(pool), " (cached)" if cached else "")
+        data = build_training_data(update, base.tokenizer, builder, recipe, replay_pool=pool, retriever=retrieve,
+                                   top_k=k, seed=ctx.seed)
+        for note in data.notes:
+            log.warning("%s", note)
+        return data
 
+    def train(self, base: System, update: KnowledgeUpdate, ctx: RunContext, reader: System | None = None):
         from updatelab.evaluation import prompt_builder
         from updatelab.pipeline import is_rank_zero
         from updatelab.training.train import train_lora
 
-        examples = build_training_examples(
-            update, base.tokenizer, prompt_builder(ctx.cfg.eval), self.include_unchanged, self.paraphrases, self.qa_mixing
-        )
-        check_no_leak(examples, update.questions)
-        key = self._training_key(ctx, update, examples)
+        builder = prompt_builder(ctx.cfg.eval)
+        data = self.training_data(base, update, ctx, builder, reader)
+        check_no_leak(data.examples, (*update.questions, *update.dev))
+        acfg = self.adapter_cfg(ctx)
+        full = acfg.get("method") == "full"
+        dev_score, dev_prompts = None, []
+        if update.dev and (acfg.get("select") == "best_dev" or acfg.get("patience")):
+            k = int(ctx.cfg.eval.top_k)
+            ranked = ranked_doc_ids(reader, [q.question for q in update.dev], k) if reader is not None else None
+            passages = [[update.doc(d).text for d in r] for r in ranked] if ranked else [None] * len(update.dev)
+            dev_score = dev_scorer(update.dev, base.tokenizer, builder, ctx.cfg.eval, passages)
+            dev_prompts = [builder.render(base.tokenizer, q.question, p) for q, p in zip(update.dev, passages)]
+        key = self._training_key(ctx, acfg, data.examples, dev_prompts)
+        reuse = self.reuse_adapter and not full  # a full model is too big to keep a second copy of
         shared = Path(ctx.cfg.paths.cache_dir) / "adapters" / key
         stats_file = shared / "train_stats.json"
         train_dir = (ctx.artifact_dir or ctx.out_dir) / "train"
         with ctx.ledger.phase("train") as ph:
-            if self.reuse_adapter and stats_file.exists():
+            if reuse and stats_file.exists():
+                from peft import PeftModel
+
                 # Deterministic training with identical inputs gives the identical adapter: load it,
                 # and book the cost it took when it was trained.
                 log.info("reusing adapter %s (identical training already done)", key)
@@ -116,29 +177,13 @@ class Lora(Strategy):
                         ctx.logger.log_metrics({"train/loss": loss}, step=step)
                 reused = True
             else:
+                lm = copy.deepcopy(base.lm) if full else base.lm  # full fine-tuning must leave the base intact
                 model, stats = train_lora(
-                    base.lm, base.tokenizer, examples, OmegaConf.to_container(ctx.cfg.adapter, resolve=True),
-                    OmegaConf.to_container(ctx.cfg.trainer, resolve=True), out_dir=train_dir, seed=ctx.seed,
-                    logger=ctx.logger, progress=ctx.progress,
+                    lm, base.tokenizer, data.examples, acfg, OmegaConf.to_container(ctx.cfg.trainer, resolve=True),
+                    out_dir=train_dir, seed=ctx.seed, logger=ctx.logger, progress=ctx.progress, dev_score=dev_score,
                 )
-                if self.reuse_adapter and is_rank_zero():  # DDP: rank 0 alone saved the adapter
-                    # A private temporary folder: concurrent cells (lora and lora_rag of one seed in a
-                    # job array) may finish the identical training at the same time.
-                    shared.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = Path(tempfile.mkdtemp(prefix=shared.name + ".tmp-", dir=shared.parent))
-                    tmp.chmod(0o755)  # mkdtemp makes it 0700
-                    try:
-                        shutil.copytree(stats.adapter_path, tmp / "adapter")
-                        (tmp / "train_stats.json").write_text(json.dumps(stats.to_dict()))
-                        if not stats_file.exists():  # else another cell stored the identical adapter first
-                            shutil.rmtree(shared, ignore_errors=True)
-                            try:
-                                tmp.rename(shared)
-                            except OSError:  # ... in between
-                                if not stats_file.exists():
-                                    raise
-                    finally:
-                        shutil.rmtree(tmp, ignore_errors=True)
+                if reuse and is_rank_zero():  # DDP: rank 0 alone saved the adapter
+                    self._publish(shared, stats)
                 reused = False
         n_base = non_embedding_params(base.lm.get_base_model() if hasattr(base.lm, "get_base_model") else base.lm)
         # The training's own clock (it spans resumed attempts; for a reused adapter it is what the
@@ -147,17 +192,49 @@ class Lora(Strategy):
         ph.tokens = stats.tokens
         ph.flops = lora_train_flops(n_base, stats.trainable_params, stats.tokens)
         ph.extra.update({
-                "examples": len(examples), "steps": stats.steps, "epochs": stats.epochs, "trained_tokens": stats.trained_tokens,
-                "tokens_per_s": stats.tokens_per_s, "final_loss": stats.final_loss, "trainable_params": stats.trainable_params,
+                "examples": len(data.examples), "steps": stats.steps, "epochs": stats.epochs,
+                "trained_tokens": stats.trained_tokens, "tokens_per_s": stats.tokens_per_s,
+                "final_loss": stats.final_loss, "trainable_params": stats.trainable_params,
                 "total_params": stats.total_params, "adapter_bytes": stats.adapter_bytes, "reused_adapter": reused,
-                "adapter_key": key,
+                "adapter_key": key, "method": stats.method, "selected_step": stats.selected_step,
             })
         ctx.notes.setdefault("artifacts", {})["adapter"] = {"path": stats.adapter_path, "bytes": stats.adapter_bytes}
         ctx.notes["train_loss_curve"] = stats.loss_curve
+        ctx.notes["training"] = {**data.record(self.recipe()), "method": stats.method, "dev": stats.dev,
+                                 "selected_step": stats.selected_step, "steps": stats.steps}
         return model
+
+    @staticmethod
+    def _publish(shared: Path, stats: TrainStats) -> None:
+        """Store the adapter in the shared cache. A private temporary folder: concurrent cells
+        (lora and lora_rag of one seed in a job array) may finish the identical training at once."""
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=shared.name + ".tmp-", dir=shared.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        stats_file = shared / "train_stats.json"
+        try:
+            shutil.copytree(stats.adapter_path, tmp / "adapter")
+            (tmp / "train_stats.json").write_text(json.dumps(stats.to_dict()))
+            if not stats_file.exists():  # else another cell stored the identical adapter first
+                shutil.rmtree(shared, ignore_errors=True)
+                try:
+                    tmp.rename(shared)
+                except OSError:  # ... in between
+                    if not stats_file.exists():
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def apply(self, base: System, update: KnowledgeUpdate, ctx: RunContext) -> System:
         return base.with_(lm=self.train(base, update, ctx), use_retrieval=False, docs=(), index=None)
+
+
+@dataclass
+class FullFt(Lora):
+    """Full fine-tuning on the same data: the reference LoRA is compared to (Biderman et al. 2024)."""
+
+    name: str = "full_ft"
+    adapter_overrides: dict = field(default_factory=lambda: {"method": "full", "lr": 5e-5})
 
 
 @dataclass
@@ -165,7 +242,9 @@ class LoraRag(Lora):
     """The fine-tuned LM answering with retrieval over the re-embedded KB v1."""
 
     name: str = "lora_rag"
+    uses_retrieval: ClassVar[bool] = True
 
     def apply(self, base: System, update: KnowledgeUpdate, ctx: RunContext) -> System:
-        tuned = base.with_(lm=self.train(base, update, ctx))
-        return index_documents(tuned, update.kb_v1, ctx, kb_version="v1", incremental_from=base).with_(use_retrieval=True)
+        # The index first: RAFT examples, replay and dev prompts show passages retrieved from it.
+        reader = index_documents(base, update.kb_v1, ctx, kb_version="v1", incremental_from=base)
+        return reader.with_(lm=self.train(base, update, ctx, reader=reader), use_retrieval=True)

@@ -7,6 +7,10 @@
   generator seeded with ``seed + epoch`` (the sampler counts epochs itself). Batches are
   right-padded to their own longest sequence, which keeps padding to a few percent on
   mixed-length data (random batching pads every sequence to the longest of its batch).
+- Stages (curricula such as QA first, then documents): with examples of several stages, the whole
+  run is laid out up front as one ordered list of batches -- each stage's own length buckets,
+  reshuffled for each of its epochs -- and Lightning sees it as a single long epoch, so
+  resuming, checkpointing and step counting work unchanged.
 - Mid-epoch resume: the train `DataLoader` implements ``state_dict``/``load_state_dict``, which
   Lightning saves in checkpoints and restores before iterating (`_Stateful` loaders), so a
   resumed run skips the batches of the current epoch that were already trained on instead of
@@ -36,6 +40,7 @@ IGNORE_INDEX = -100
 class TokenizedExample:
     input_ids: torch.Tensor  # int64 [T]
     labels: torch.Tensor  # int64 [T], IGNORE_INDEX on prompt tokens
+    stage: int = 0
 
     @property
     def length(self) -> int:
@@ -89,7 +94,7 @@ def tokenize_examples(
         if len(ids) > max_length:
             truncated += 1
             ids, labels = ids[:max_length], labels[:max_length]
-        item = TokenizedExample(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long))
+        item = TokenizedExample(torch.tensor(ids, dtype=torch.long), torch.tensor(labels, dtype=torch.long), ex.stage)
         if item.trained_tokens == 0:
             dropped += 1
             continue
@@ -105,6 +110,29 @@ def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices sorted by length (stable), cut into consecutive batches of `batch_size`."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def staged_schedule(stages: Sequence[int], lengths: Sequence[int], batch_size: int, epochs: float,
+                    seed: int) -> list[list[int]]:
+    """All batches of a staged run, in training order.
+
+    Stage by stage (ascending), the stage's examples are length-bucketed and the buckets are
+    shuffled once per epoch (seeded by seed, stage and epoch); a fractional last epoch takes the
+    first part of its shuffled order.
+    """
+    if epochs <= 0:
+        raise ValueError(f"epochs must be > 0, got {epochs}")
+    out: list[list[int]] = []
+    for stage in sorted(set(stages)):
+        idx = [i for i, s in enumerate(stages) if s == stage]
+        buckets = [[idx[j] for j in b] for b in length_buckets([lengths[i] for i in idx], batch_size)]
+        for epoch in range(math.ceil(epochs)):
+            g = torch.Generator().manual_seed(seed + 1000 * stage + epoch)
+            order = torch.randperm(len(buckets), generator=g).tolist()
+            if epoch + 1 > epochs:
+                order = order[: max(1, round((epochs - epoch) * len(buckets)))]
+            out += [buckets[b] for b in order]
+    return out
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
@@ -255,7 +283,10 @@ class LoraDataModule(pl.LightningDataModule):
         seed: int,
         shuffle: bool = True,
         pad_to_multiple_of: int | None = None,
+        epochs: float = 1.0,
     ):
+        """`epochs` matters only for staged examples (one Lightning epoch is then the whole run);
+        otherwise Lightning's epochs are the data's epochs."""
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -269,7 +300,13 @@ class LoraDataModule(pl.LightningDataModule):
         self.num_truncated = counts["truncated"]
         self.num_dropped = counts["dropped"]
         self.lengths = [it.length for it in self.items]
-        self.buckets = length_buckets(self.lengths, self.batch_size)
+        self.staged = len({it.stage for it in self.items}) > 1
+        if self.staged:
+            self.buckets = staged_schedule([it.stage for it in self.items], self.lengths, self.batch_size,
+                                           float(epochs), self.seed)
+            self.shuffle = False  # the schedule is already in training order
+        else:
+            self.buckets = length_buckets(self.lengths, self.batch_size)
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -285,6 +322,7 @@ class LoraDataModule(pl.LightningDataModule):
 
     @property
     def tokens_per_epoch(self) -> int:
+        """Tokens of one pass over every distinct example (a staged run passes several times)."""
         return sum(self.lengths)
 
     @property
@@ -296,7 +334,7 @@ class LoraDataModule(pl.LightningDataModule):
         return padding_fraction(self.buckets, self.lengths)
 
     def batches_per_epoch(self, num_replicas: int = 1) -> int:
-        """Micro-batches one rank sees per epoch."""
+        """Micro-batches one rank sees per Lightning epoch (a staged run: the whole run)."""
         n = len(self.buckets)
         return n // num_replicas if num_replicas > 1 else n
 

@@ -21,11 +21,15 @@ class TrainExample:
 
     `add_eos`: None (default) appends the tokenizer's EOS when the prompt is empty (a document)
     and the completion does not already end with EOS; True/False force it.
+
+    `stage`: training runs its stages in order (0, 1, ...), each for the configured epochs; one
+    stage (the default) is plain mixed training. An example wanted in two stages is listed twice.
     """
 
     prompt: str
     completion: str
     add_eos: bool | None = None
+    stage: int = 0
 
 
 @dataclass
@@ -52,6 +56,9 @@ class TrainStats:
     adapter_path: str = ""  # folder loadable with PeftModel.from_pretrained(base, adapter_path)
     resumed_from_step: int = 0  # global step the call started from (0 = fresh start)
     padding_fraction: float = 0.0  # padded positions / all positions of one epoch's batches
+    method: str = "lora"  # lora | full
+    dev: dict[str, Any] | None = None  # dev-split history: [[step, score]], best_step, best_score, stopped_early
+    selected_step: int = 0  # the optimizer step whose weights were returned
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

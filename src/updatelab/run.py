@@ -59,9 +59,9 @@ def output_dir() -> Path:
 
 
 def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | None:
-    import torch
     from hydra.utils import instantiate
 
+    from updatelab import hardware
     from updatelab.pipeline import execute
     from updatelab.tracking.results import results_path
 
@@ -70,8 +70,7 @@ def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | N
     if target.exists() and not cfg.force:
         log.info("cell %s already done (%s); skipping (force=true re-runs it)", run_id, target)
         return None
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
+    hardware.apply_threads(cfg.threads)  # null: torch's default; auto: the cores free now
     strategy = instantiate(cfg.strategy)
     return execute(cfg, strategy, run_id, target, out_dir or output_dir())
 

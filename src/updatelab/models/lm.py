@@ -12,9 +12,12 @@ from tqdm.auto import tqdm
 
 
 def autocast_context(device: str | torch.device, dtype_name: str | None):
-    """bf16 autocast where asked for (this CPU runs bf16 matmuls ~3x faster than fp32)."""
+    """Autocast to `dtype_name` (None/"float32": none). "auto" must be resolved first
+    (`updatelab.hardware.choose`; `generate` and `Embedder` do it themselves)."""
     if not dtype_name or dtype_name in ("float32", "fp32", "none"):
         return contextlib.nullcontext()
+    if dtype_name == "auto":
+        raise ValueError("autocast 'auto' is decided by updatelab.hardware.choose; pass the chosen dtype name here")
     dtype = getattr(torch, dtype_name)
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
@@ -82,16 +85,18 @@ def generate(
     prompts: Sequence[str],
     max_new_tokens: int = 32,
     batch_size: int = 16,
-    autocast: str | None = "bfloat16",
+    autocast: str | None = "auto",
     progress: bool = True,
     desc: str = "generate",
 ) -> tuple[list[str], GenerationStats]:
     """Greedy answers for chat-rendered prompts, in input order.
 
     Prompts are sorted by length so that left padding wastes little compute; one `generate`
-    call per batch is ~2.5x faster than one per prompt on this CPU.
+    call per batch is ~2.5x faster than one per prompt on this CPU. `autocast`: a dtype name,
+    None (fp32) or "auto" (`generation_autocast`).
     """
     device = next(model.parameters()).device
+    autocast = generation_autocast(model, tokenizer, prompts, autocast, batch_size=min(batch_size, 4))
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
     answers: list[str] = [""] * len(prompts)
@@ -130,3 +135,24 @@ def generate(
             answers[i] = tokenizer.decode(toks[:n_gen], skip_special_tokens=True).strip()
     stats.wall_s = time.perf_counter() - start
     return answers, stats
+
+
+def generation_autocast(model, tokenizer, prompts: Sequence[str], requested: str | None = "auto",
+                        batch_size: int = 4, new_tokens: int = 4) -> str | None:
+    """The autocast dtype `generate` runs with (`updatelab.hardware.choose`, phase ``generate``):
+    explicit values unchanged; "auto" times one batch of `prompts` (the first `batch_size` of
+    them, `new_tokens` new tokens, greedy) in fp32 and under bf16 autocast, once per machine."""
+    from updatelab import hardware
+
+    device = next(model.parameters()).device
+    if requested != "auto":
+        hardware.choose("generate", requested, model=hardware.model_id(model), device=device)  # recorded
+        return requested
+    sample = list(prompts[:batch_size])
+
+    def measure(candidate: str) -> None:
+        generate(model, tokenizer, sample, max_new_tokens=new_tokens, batch_size=len(sample), autocast=candidate,
+                 progress=False)
+
+    return hardware.choose("generate", "auto", measure=measure if sample else None, model=hardware.model_id(model),
+                           device=device).precision

@@ -1,8 +1,10 @@
 """A frozen sentence embedder with a content-addressed cache, so re-embedding is incremental.
 
 We run the transformer ourselves rather than through `SentenceTransformer.encode` because
-the hot path needs two things it does not do by default: bf16 autocast (this CPU runs bf16
-matmuls ~3x faster; cosine to fp32 >= 0.9999) and a cache keyed by the hash of each text.
+the hot path needs two things it does not do by default: the faster of fp32 and bf16 autocast
+on the machine at hand (``autocast: auto``, measured once per machine by
+`updatelab.hardware.choose`; bf16 keeps cosine to fp32 >= 0.9999) and a cache keyed by the
+hash of each text.
 Pooling follows the model folder's sentence-transformers config, so the vectors are the
 model's own (mean pooling + L2 normalisation for all-MiniLM-L6-v2).
 """
@@ -48,7 +50,7 @@ class Embedder:
         name: str,
         max_length: int = 256,
         batch_size: int = 64,
-        autocast: str | None = "bfloat16",
+        autocast: str | None = "auto",
         normalize: bool = True,
         device: str = "cpu",
         trust_remote_code: bool = False,
@@ -66,6 +68,28 @@ class Embedder:
         self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).to(device).eval()
         self.dim = int(self.model.config.hidden_size)
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.precision = self._choose_precision(autocast)
+        if autocast == "auto":
+            self.autocast = self.precision.precision  # the fingerprint names what produced the vectors
+
+    def _choose_precision(self, requested: str | None):
+        """`updatelab.hardware.choose` for phase ``embed``: "auto" times one real batch (this
+        embedder's batch size, at most 32 texts of 48 words) in fp32 and under bf16 autocast."""
+        from updatelab import hardware
+
+        words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
+                 "born works city company studied plays river north music").split()
+        texts = [" ".join(words[(i + j) % len(words)] for j in range(48)) for i in range(min(self.batch_size, 32))]
+
+        def measure(candidate: str) -> None:
+            kept, self.autocast = self.autocast, candidate
+            try:
+                self.encode(texts)
+            finally:
+                self.autocast = kept
+
+        return hardware.choose("embed", requested, measure=measure, model=f"{self.name}:{self.n_params}p",
+                               device=self.device)
 
     @property
     def fingerprint(self) -> str:
@@ -202,7 +226,7 @@ def build_embedder(path: str, cfg: Mapping[str, Any], device: str = "cpu") -> Em
         name=cfg["name"],
         max_length=cfg.get("max_length", 256),
         batch_size=cfg.get("batch_size", 64),
-        autocast=cfg.get("autocast", "bfloat16"),
+        autocast=cfg.get("autocast", "auto"),
         normalize=cfg.get("normalize", True),
         device=device,
         trust_remote_code=cfg.get("trust_remote_code", False),

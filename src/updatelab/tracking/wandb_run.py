@@ -52,6 +52,13 @@ def wandb_run(cfg: Mapping[str, Any], config: Mapping[str, Any], run_id: str, ou
         run.finish()
 
 
+def log_config(run: Any, values: Mapping[str, Any]) -> None:
+    """Add what was decided during the cell (e.g. the precision of each phase) to the run config."""
+    if run is None or getattr(run, "disabled", False):
+        return
+    run.config.update(dict(values), allow_val_change=True)
+
+
 def log_summary(run: Any, metrics: Mapping[str, Any]) -> None:
     """Nested metrics become slash-separated summary keys (`metrics/updated/contains`)."""
     for k, v in _flatten(metrics).items():

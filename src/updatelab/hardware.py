@@ -1,0 +1,393 @@
+"""What this machine runs fastest: the precision of each phase and the torch thread count.
+
+Precision (`choose`). CPUs of the same kind of machine differ in which precision is faster:
+some run bf16 matmuls much faster than fp32, others (bf16 instructions but no AMX) slower. So
+``auto`` is decided by measurement, not by CPU flags: for each phase (``train``, ``embed``,
+``generate``) the caller passes a callable that runs one real step of the configured model in a
+given precision; `choose` times it in fp32 and in bf16 (warm-up calls, then timed repeats
+alternating between the two, median) and takes the faster. The choice is cached once per machine
+in ``<cache_dir>/precision/<key>.json``, the key naming the CPU model (with its bf16/AMX flags),
+the torch version, the model and the phase. Explicit values are returned unchanged; on a GPU the
+rule is bf16 where supported. Every choice made in a cell is kept (`recorded`) for the results
+file and the W&B config.
+
+Threads (`choose_threads`). Torch's default uses every core, and on a shared machine a core that
+another process keeps busy stalls every parallel region at its barrier. ``auto`` samples the
+per-core idle time over a short interval (``/proc/stat``, else psutil) and uses the cores that
+are mostly idle, within the process's CPU affinity (at least 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+log = logging.getLogger("updatelab")
+
+AUTO = "auto"
+# The two candidates of each phase, in the phase's own vocabulary (Lightning precision strings for
+# training, torch dtype names for autocast). The first one wins a tie.
+CANDIDATES: dict[str, tuple[str, str]] = {
+    "train": ("32-true", "bf16-mixed"),
+    "embed": ("float32", "bfloat16"),
+    "generate": ("float32", "bfloat16"),
+}
+_AUTOCAST_NAMES = {"none": "float32", "fp32": "float32", "float32": "float32", "bf16": "bfloat16",
+                   "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+_GPU_FALLBACK = {"train": "16-mixed", "embed": "float16", "generate": "float16"}
+# CPU flags that decide bf16 speed; part of the cache key, since virtual machines often report a
+# generic model name ("Intel(R) Xeon(R) Processor") for CPUs of different generations.
+_ISA_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
+
+
+@dataclass
+class PrecisionChoice:
+    phase: str  # train | embed | generate
+    precision: str  # what the phase runs with ("32-true", "bf16-mixed", "float32", "bfloat16", ...)
+    timings_s: dict[str, float] = field(default_factory=dict)  # median seconds per timed step, by candidate
+    cached: bool = False  # taken from the per-machine cache file (no measurement this time)
+    key: str = ""
+    requested: str = AUTO
+    source: str = "measured"  # measured | cache | explicit | gpu | default
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- machine identity
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    model, flags = "", frozenset()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        model = m.group(1).strip() if m else ""
+        f = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+        flags = frozenset(f.group(1).split()) if f else frozenset()
+    except OSError:
+        pass
+    if not model:
+        try:
+            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+            m = re.search(r"^Model name:\s*(.+)$", out, re.M)
+            model = m.group(1).strip() if m else ""
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return model or platform.processor() or platform.machine() or "unknown-cpu", flags
+
+
+def cpu_model() -> str:
+    """The CPU model name (/proc/cpuinfo, else lscpu)."""
+    return _cpuinfo()[0]
+
+
+def cpu_signature() -> str:
+    """CPU model name plus the ISA flags that decide bf16 speed, e.g. ``AMD EPYC 7B13 [avx512_bf16,...]``."""
+    model, flags = _cpuinfo()
+    return f"{model} [{','.join(f for f in _ISA_FLAGS if f in flags)}]"
+
+
+def precision_key(phase: str, model_id: str) -> str:
+    return f"{cpu_signature()} | torch {torch.__version__} | {model_id} | {phase}"
+
+
+def _key_file(root: Path, key: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_")[:120]
+    return root / "precision" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+
+
+def model_id(model: Any, trainable: bool = False) -> str:
+    """A model's identity for the cache key: its name, parameter count and (training) trainable count."""
+    config = getattr(model, "config", None)
+    name = Path(str(getattr(config, "_name_or_path", "") or type(model).__name__)).name
+    params = list(model.parameters())
+    out = f"{name}:{sum(p.numel() for p in params)}p"
+    if trainable:
+        out += f":{sum(p.numel() for p in params if p.requires_grad)}t"
+    return out
+
+
+# --------------------------------------------------------------------------- cache dir, record
+
+_cache_dir: Path | None = None
+_choices: dict[str, PrecisionChoice] = {}
+_logged: set[tuple[str, str]] = set()
+_measuring = 0  # > 0 while a measurement runs: the steps it times choose explicitly, unrecorded
+_threads: ThreadsChoice | None = None  # set by apply_threads
+
+
+def set_cache_dir(path: str | Path | None) -> None:
+    """Where `choose` keeps its per-machine files (the pipeline sets ``cfg.paths.cache_dir``)."""
+    global _cache_dir
+    _cache_dir = Path(path) if path else None
+
+
+def default_cache_dir() -> Path:
+    if _cache_dir is not None:
+        return _cache_dir
+    return Path(os.environ.get("UPDATELAB_ROOT") or os.getcwd()) / ".cache" / "updatelab"
+
+
+def reset_recorded() -> None:
+    """Forget the choices of the previous cell (called at the start of each cell)."""
+    _choices.clear()
+    _logged.clear()
+
+
+def recorded() -> dict[str, dict[str, Any]]:
+    """phase -> the choice made in this cell (as a dict), for the results file and W&B."""
+    return {phase: c.as_dict() for phase, c in _choices.items()}
+
+
+def _record(choice: PrecisionChoice) -> PrecisionChoice:
+    """Keep the cell's first choice per (phase, key): a later call that reads the cache the first
+    one wrote does not turn "measured" into "cached"."""
+    if _measuring:
+        return choice
+    if (choice.phase, choice.key) not in _logged:
+        _choices[choice.phase] = choice
+        _logged.add((choice.phase, choice.key))
+        times = ", ".join(f"{c} {t:.3f} s" for c, t in choice.timings_s.items())
+        log.info("precision %s: %s (%s%s)", choice.phase, choice.precision, choice.source,
+                 f"; median step {times}" if times else "")
+    return choice
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def time_candidates(measure: Callable[[str], Any], candidates: Sequence[str], warmup: int = 1,
+                    repeats: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of ``measure(candidate)``: warm-up calls first, then timed calls
+    alternating between the candidates (so that a transient load hits both alike)."""
+    for c in candidates:
+        for _ in range(warmup):
+            measure(c)
+    samples: dict[str, list[float]] = {c: [] for c in candidates}
+    for _ in range(max(1, repeats)):
+        for c in candidates:
+            t0 = time.perf_counter()
+            measure(c)
+            samples[c].append(time.perf_counter() - t0)
+    return samples
+
+
+def faster(samples: Mapping[str, Sequence[float]], candidates: Sequence[str]) -> str:
+    """The candidate with the smaller median; the first candidate (fp32) wins a tie."""
+    return min(candidates, key=lambda c: (statistics.median(samples[c]), candidates.index(c)))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock next to `path`: concurrent processes (sweep cells, DDP ranks) measure
+    one at a time, and the later ones read the first one's result instead of measuring again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(path.with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read(path: Path, candidates: Sequence[str]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("precision") in candidates else None
+
+
+def _write(path: Path, data: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def choose(
+    phase: str,
+    requested: Any = AUTO,
+    *,
+    measure: Callable[[str], Any] | None = None,
+    model: str = "",
+    device: str | torch.device = "cpu",
+    cache_dir: str | Path | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+) -> PrecisionChoice:
+    """The precision `phase` runs with.
+
+    `requested`: ``"auto"`` decides; anything else is returned unchanged. `measure(candidate)`
+    runs one real step in that candidate precision (``CANDIDATES[phase]``); it is called only when
+    the cache has no entry for this machine, torch version, `model` (see `model_id`) and phase.
+    Without `measure` and without a cached entry, CPU ``auto`` falls back to fp32.
+    """
+    global _measuring
+    if phase not in CANDIDATES:
+        raise ValueError(f"unknown precision phase {phase!r}; valid: {', '.join(CANDIDATES)}")
+    candidates = CANDIDATES[phase]
+    key = precision_key(phase, model)
+    if requested != AUTO:
+        value = str(requested)
+        if phase != "train":  # autocast names: no autocast is fp32
+            value = _AUTOCAST_NAMES.get(value.lower() if requested else "none", value)
+        return _record(PrecisionChoice(phase, value, key=key, requested=str(requested), source="explicit"))
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0].lower()
+    kind = "cuda" if kind == "gpu" else kind
+    if kind == "cuda":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return _record(PrecisionChoice(phase, candidates[1] if bf16 else _GPU_FALLBACK[phase], key=key, source="gpu"))
+    if kind != "cpu":
+        return _record(PrecisionChoice(phase, candidates[0], key=key, source="default"))
+
+    path = _key_file(Path(cache_dir) if cache_dir else default_cache_dir(), key)
+    data = _read(path, candidates)
+    if data is None and measure is not None:
+        with _locked(path):
+            data = _read(path, candidates)  # another process may have measured while we waited
+            if data is None:
+                _measuring += 1
+                try:
+                    samples = time_candidates(measure, candidates, warmup=warmup, repeats=repeats)
+                finally:
+                    _measuring -= 1
+                data = {
+                    "key": key, "phase": phase, "precision": faster(samples, candidates),
+                    "timings_s": {c: statistics.median(s) for c, s in samples.items()}, "samples_s": samples,
+                    "cpu": cpu_model(), "torch": torch.__version__, "model": model,
+                    "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "threads_choice": _threads.as_dict() if _threads is not None else None,
+                }
+                _write(path, data)
+                if _threads is not None and _threads.source == "auto" and _threads.threads < _threads.usable_cores:
+                    log.warning("precision %s measured while %d of %d cores were busy; delete %s to measure again "
+                                "on a quiet machine", phase, _threads.usable_cores - _threads.threads,
+                                _threads.usable_cores, path)
+                return _record(PrecisionChoice(phase, data["precision"], dict(data["timings_s"]), False, key))
+    if data is None:
+        return _record(PrecisionChoice(phase, candidates[0], key=key, source="default"))
+    return _record(PrecisionChoice(phase, data["precision"], dict(data.get("timings_s") or {}), True, key,
+                                   source="cache"))
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@dataclass
+class ThreadsChoice:
+    requested: Any
+    threads: int  # torch intra-op threads in use
+    usable_cores: int  # cores in the process's CPU affinity
+    idle_fraction: list[float] | None = None  # per usable core, over the sampling interval
+    source: str = "auto"  # auto | explicit | torch default | no load information
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def threads_from_idle(idle: Sequence[float], min_idle: float = 0.7) -> int:
+    """Threads for per-core idle fractions (0 = fully busy, 1 = idle): the cores that are mostly
+    idle (>= `min_idle`), but no more than the idle time adds up to in whole cores (one process
+    hopping between two cores leaves each half idle: one free core, not two); at least 1."""
+    mostly_idle = sum(1 for f in idle if f >= min_idle)
+    whole_cores = math.floor(sum(idle) + 0.3 + 1e-9)
+    return max(1, min(mostly_idle, whole_cores))
+
+
+def usable_cpus() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
+def _proc_stat() -> dict[int, tuple[float, float]]:
+    """cpu index -> (idle + iowait jiffies, total jiffies)."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        m = re.match(r"cpu(\d+)\s+(.*)", line)
+        if m:
+            v = [float(x) for x in m.group(2).split()[:8]]  # user nice system idle iowait irq softirq steal
+            out[int(m.group(1))] = (v[3] + v[4], sum(v))
+    return out
+
+
+def cpu_idle_fractions(interval: float = 0.2, cpus: Sequence[int] | None = None) -> list[float] | None:
+    """Idle fraction of each CPU in `cpus` (default: the usable ones) over `interval` seconds;
+    None where neither /proc/stat nor psutil is available."""
+    cpus = list(cpus) if cpus is not None else usable_cpus()
+    try:
+        a = _proc_stat()
+        time.sleep(interval)
+        b = _proc_stat()
+        return [max(0.0, min(1.0, (b[c][0] - a[c][0]) / (b[c][1] - a[c][1]))) if b[c][1] > a[c][1] else 1.0
+                for c in cpus]
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        busy = psutil.cpu_percent(interval=interval, percpu=True)
+        return [1.0 - busy[c] / 100.0 for c in cpus if c < len(busy)]
+    except Exception:  # psutil missing or unusable
+        return None
+
+
+def choose_threads(requested: Any, interval: float = 0.2) -> ThreadsChoice:
+    """`requested`: None = torch's default; a number = that; ``"auto"`` = the free cores."""
+    cpus = usable_cpus()
+    if requested in (None, "", 0):
+        return ThreadsChoice(requested, torch.get_num_threads(), len(cpus), source="torch default")
+    if requested != AUTO:
+        return ThreadsChoice(requested, int(requested), len(cpus), source="explicit")
+    idle = cpu_idle_fractions(interval, cpus)
+    if not idle:
+        return ThreadsChoice(requested, len(cpus), len(cpus), source="no load information")
+    return ThreadsChoice(requested, min(len(cpus), threads_from_idle(idle)), len(cpus),
+                         [round(f, 3) for f in idle], source="auto")
+
+
+def apply_threads(requested: Any, interval: float = 0.2) -> ThreadsChoice:
+    """Choose the thread count, set it in torch and keep it for the results record."""
+    global _threads
+    choice = choose_threads(requested, interval)
+    if choice.source != "torch default":
+        torch.set_num_threads(choice.threads)
+    if choice.source == "auto":
+        log.info("threads: auto -> %d of %d usable cores (idle per core over %.1f s: %s)", choice.threads,
+                 choice.usable_cores, interval, ", ".join(f"{f:.2f}" for f in choice.idle_fraction or []))
+    _threads = choice
+    return choice
+
+
+def threads_record() -> dict[str, Any]:
+    """The thread choice of this process (as `apply_threads` made it) with torch's current count
+    (``threads``; ``chosen`` differs from it when something set another count later)."""
+    now = torch.get_num_threads()
+    if _threads is None:
+        return {**ThreadsChoice(None, now, len(usable_cpus()), source="torch default").as_dict(), "chosen": now}
+    return {**_threads.as_dict(), "threads": now, "chosen": _threads.threads}

@@ -54,7 +54,8 @@ def check_overrides(argv: list[str] | None = None) -> None:
         key = a.split("=", 1)[0]
         parent_path, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
-        if isinstance(parent, DictConfig) and leaf not in parent:
+        # `.keys()`, not `in parent`: OmegaConf's `in` is False for a mandatory key whose value is still ???
+        if isinstance(parent, DictConfig) and leaf not in parent.keys():
             valid = ", ".join(sorted(str(k) for k in parent.keys()))
             where = f"'{parent_path}'" if parent_path else "the top level"
             raise UnknownConfigKey(

@@ -27,20 +27,31 @@ log = logging.getLogger("updatelab")
 
 
 def load_knowledge_update(data_cfg: DictConfig, data_dir: str | Path) -> KnowledgeUpdate:
+    from updatelab.data.formats import FORMATS, ensure_converted
     from updatelab.data.load import load_update
+    from updatelab.data.schema import DatasetSchemaError
 
-    if data_cfg.source == "synthetic":
-        from updatelab.data.synthetic import ensure_generated
+    try:
+        if data_cfg.source == "synthetic":
+            from updatelab.data.synthetic import ensure_generated
 
-        params = OmegaConf.to_container(data_cfg.generator, resolve=True)
-        folder = ensure_generated(data_dir, **params)
-        return load_update(source="local", path=folder)
-    if data_cfg.source == "local":
-        return load_update(source="local", path=data_cfg.path)
-    if data_cfg.source == "hub":
-        files = OmegaConf.to_container(data_cfg.data_files, resolve=True) if data_cfg.get("data_files") else None
-        return load_update(source="hub", path=data_cfg.path, data_files=files)
-    raise ValueError(f"unknown data source {data_cfg.source!r}; valid: synthetic, local, hub")
+            params = OmegaConf.to_container(data_cfg.generator, resolve=True)
+            folder = ensure_generated(data_dir, **params)
+            return load_update(source="local", path=folder)
+        if data_cfg.source == "local":
+            return load_update(source="local", path=data_cfg.path)
+        if data_cfg.source == "hub":
+            files = OmegaConf.to_container(data_cfg.data_files, resolve=True) if data_cfg.get("data_files") else None
+            return load_update(source="hub", path=data_cfg.path, data_files=files)
+        if data_cfg.source in FORMATS:  # a published benchmark, converted once into an update folder
+            params = OmegaConf.to_container(data_cfg, resolve=True)
+            folder, name = ensure_converted(params.pop("source"), data_dir, **params)
+            return load_update(source="local", path=folder, name=name)
+    except (DatasetSchemaError, FileNotFoundError) as err:
+        # Malformed or missing input data is the user's to fix, not a bug: one line and exit 1, as
+        # for an unknown config key (Hydra would print any Exception with its traceback).
+        raise SystemExit(f"error: {err}") from err
+    raise ValueError(f"unknown data source {data_cfg.source!r}; valid: synthetic, local, hub, {', '.join(FORMATS)}")
 
 
 def build_base_system(cfg: DictConfig, update: KnowledgeUpdate, cache: EmbeddingCache | None, embedder, out_dir: Path) -> tuple[System, CostLedger, Any]:

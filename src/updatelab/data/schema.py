@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-SPLITS: tuple[str, ...] = ("updated", "paraphrased", "unchanged", "general")
+SPLITS: tuple[str, ...] = ("updated", "paraphrased", "portability", "unchanged", "general")  # portability: zsRE multi-hop
 """Question splits, in report order."""
 
 FILE_NAMES: dict[str, str] = {

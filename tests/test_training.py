@@ -431,3 +431,68 @@ def test_a_redirected_log_gets_progress_lines_up_to_the_last_step(tok, tmp_path,
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train step")]
     assert lines and lines[-1].startswith(f"train step {stats.steps}/{stats.steps} ")
     assert "tok/s" in lines[-1] and "left" in lines[-1]
+
+
+# -- stages, dev-split selection, full fine-tuning ------------------------------------------------
+
+def test_a_staged_run_trains_every_stage_for_its_epochs_in_order(tok, tmp_path):
+    docs = [TrainExample("", s, stage=0) for s in SENTENCES[:4]]
+    qas = [TrainExample(e.prompt, e.completion, e.add_eos, stage=1) for e in make_examples(tok)[-2:]] * 2
+    dm = LoraDataModule(tok, docs + qas, batch_size=2, max_length=64, seed=0, epochs=3)
+    assert dm.staged
+    stage_of = [it.stage for it in dm.items]
+    order = [stage_of[b[0]] for b in dm.buckets]
+    assert order == sorted(order)  # every stage-0 batch before any stage-1 batch
+    assert order.count(0) == 3 * 2 and order.count(1) == 3 * 2  # 4 items per stage, batch 2, 3 epochs
+    rec = StepRecorder()
+    _, stats = train_lora(make_model(tok), tok, docs + qas, {**ADAPTER, "epochs": 3, "batch_size": 2}, {**TRAINER, "callbacks": [rec]},
+                          out_dir=tmp_path, seed=0, progress=False)
+    assert stats.steps == 12 and stats.epochs == pytest.approx(3.0)
+
+
+class ScriptedScores:
+    """A dev scorer that returns the given scores in turn and remembers the weights it saw."""
+
+    def __init__(self, scores):
+        self.scores, self.seen = list(scores), []
+
+    def __call__(self, model):
+        self.seen.append(lora_state(model))
+        return self.scores.pop(0)
+
+
+def test_best_dev_selection_returns_the_weights_of_the_best_scored_step(tok, tmp_path):
+    scorer = ScriptedScores([0.0, 0.2, 0.9, 0.4, 0.1])  # steps 0 (base), 1, 2, 3, 4
+    model, stats = run(tok, make_model(tok), tmp_path, adapter={"max_steps": 4, "select": "best_dev", "dev_every_steps": 1},
+                       dev_score=scorer)
+    assert stats.dev["history"] == [[0, 0.0], [1, 0.2], [2, 0.9], [3, 0.4], [4, 0.1]]
+    assert stats.selected_step == 2 and stats.steps == 4
+    final = lora_state(model)
+    assert all(torch.equal(final[k], scorer.seen[2][k]) for k in final)  # the step-2 weights, not step 4's
+
+
+def test_patience_stops_training_early_and_a_rerun_does_not_train_on(tok, tmp_path):
+    scorer = ScriptedScores([0.0, 0.5, 0.4, 0.3] + [0.0] * 10)
+    _, stats = run(tok, make_model(tok), tmp_path, adapter={"max_steps": 9, "select": "best_dev", "dev_every_steps": 1,
+                                                           "patience": 2}, dev_score=scorer)
+    assert stats.steps == 3 and stats.dev["stopped_early"] and stats.selected_step == 1
+    again = ScriptedScores([0.0] * 10)
+    _, rerun = run(tok, make_model(tok), tmp_path, adapter={"max_steps": 9, "select": "best_dev", "dev_every_steps": 1,
+                                                           "patience": 2}, dev_score=again)
+    assert rerun.steps == 3 and rerun.selected_step == 1
+
+
+def test_best_dev_without_a_dev_split_is_refused(tok, tmp_path):
+    with pytest.raises(ValueError, match="dev"):
+        run(tok, make_model(tok), tmp_path, adapter={"max_steps": 2, "select": "best_dev"})
+
+
+def test_full_fine_tuning_trains_every_weight_and_saves_the_whole_model(tok, tmp_path):
+    model = make_model(tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tuned, stats = run(tok, model, tmp_path, adapter={"method": "full", "max_steps": 3, "lr": 1e-3})
+    assert tuned is model and not hasattr(tuned, "peft_config")
+    assert stats.trainable_params == stats.total_params == sum(p.numel() for p in model.parameters())
+    moved = [n for n, p in tuned.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) == len(before)
+    assert (tmp_path / "model" / "model.safetensors").exists() and stats.method == "full"

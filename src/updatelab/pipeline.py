@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from updatelab import hardware
 from updatelab.data.update import KnowledgeUpdate
 from updatelab.evaluation import evaluate
 from updatelab.measure_shift import ShiftProbe
@@ -115,6 +116,8 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
     out_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    hardware.set_cache_dir(cfg.paths.cache_dir)  # per-machine precision measurements
+    hardware.reset_recorded()
     with wb.wandb_run(cfg.logger, resolved, run_id, out_dir) if rank_zero else contextlib.nullcontext() as run:
         update = load_knowledge_update(cfg.data, cfg.paths.data_dir)
         log.info("[%s] knowledge update %s: KB v0 %d docs -> v1 %d docs, %d questions",
@@ -137,6 +140,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
         if probe is not None:
             ctx.notes["shift"] = probe.measure(updated, update, ctx)
         add_serving_per_1k(ledger, len(update.questions))
+        ctx.notes["precision"] = hardware.recorded()  # phase -> what ran, and the timings it was chosen by
 
         record = {
             "experiment": cfg.name,
@@ -151,10 +155,15 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
             "shift": ctx.notes.get("shift", {}),
             "artifacts": ctx.notes.get("artifacts", {}),
             "train_loss_curve": ctx.notes.get("train_loss_curve"),  # one mean loss per optimizer step (LoRA arms)
+            "training": ctx.notes.get("training"),  # fine-tuning arms: the recipe, what it produced, dev selection
+            "precision": ctx.notes["precision"],
+            "threads": hardware.threads_record(),
             "predictions": predictions,
             "output_dir": str(out_dir),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
+        wb.log_config(run, {"precision": record["precision"], "threads_used": record["threads"],
+                            **({"training_ran": record["training"]} if record["training"] else {})})
         wb.log_summary(run, {"metrics": metrics, "cost": record["cost"], "shift": _shift_summary(record["shift"])})
         wb.log_shift(run, record["shift"])
         wb.log_predictions(run, predictions)

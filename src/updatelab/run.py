@@ -63,6 +63,7 @@ def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | N
 
     from updatelab import hardware
     from updatelab.pipeline import execute
+    from updatelab.signals import handling_signals
     from updatelab.tracking.results import results_path
 
     run_id = run_id_for(cfg)
@@ -70,9 +71,12 @@ def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | N
     if target.exists() and not cfg.force:
         log.info("cell %s already done (%s); skipping (force=true re-runs it)", run_id, target)
         return None
-    hardware.apply_threads(cfg.threads)  # null: torch's default; auto: the cores free now
-    strategy = instantiate(cfg.strategy)
-    return execute(cfg, strategy, run_id, target, out_dir or output_dir())
+    # SIGTERM / SIGINT / SIGUSR2 stop the cell with a checkpoint and no results file (updatelab.signals);
+    # under submitit this is the outermost handler scope, and SIGUSR2 is handed on to submitit's requeue.
+    with handling_signals():
+        hardware.apply_threads(cfg.threads)  # null: torch's default; auto: the cores free now
+        strategy = instantiate(cfg.strategy)
+        return execute(cfg, strategy, run_id, target, out_dir or output_dir())
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -82,9 +86,13 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     from updatelab.config_check import check_overrides
+    from updatelab.signals import handling_signals
 
-    check_overrides()
-    _hydra_main()
+    # Installed for the whole process (a sweep stops at a signal between cells too, with the same
+    # status); each cell's own scope is nested in this one.
+    with handling_signals():
+        check_overrides()
+        _hydra_main()
 
 
 if __name__ == "__main__":

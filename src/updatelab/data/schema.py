@@ -22,9 +22,18 @@ ignored, as `datasets` ignores them):
     Every entity must be a KB v1 entity and every non-empty KB v1 entity must have at least one
     rendering, so that training can pick "changed only" or "changed + unchanged".
 ``train_qa.jsonl`` (optional)
-    ``{"question": str, "answer": str, "entity": str, "attribute": str}`` -- QA pairs for "mixed"
-    training, about entities never asked about in questions.jsonl (checked), and never with the
-    text of an evaluation question (checked).
+    ``{"question": str, "answer": str, "entity": str, "attribute": str, "doc_id": str|null}`` -- QA
+    pairs about *demo* entities (never asked about in questions.jsonl: checked), which teach the
+    answer format; never with the text of an evaluation question (checked).
+``inject_qa.jsonl`` (optional)
+    Same fields as ``train_qa`` -- QA about the *changed facts themselves* (knowledge injection as
+    practised): the same facts the evaluation asks, but never with the text of an evaluation
+    question (checked) and, for the synthetic data, in question templates reserved for training.
+    ``doc_id`` (optional) names the KB v1 document that holds the fact (RAFT-style training).
+``dev.jsonl`` (optional)
+    ``{"qid": str, "question": str, "answer": str, "aliases": [str], "doc_id": str|null,
+    "entity": str|null, "attribute": str|null}`` -- the development split: held-out questions for
+    checkpoint selection, never an evaluation question (checked) nor a training question.
 ``meta.json`` (optional)
     Generator parameters and counts, for the record; never read by the loader.
 
@@ -43,17 +52,22 @@ from typing import Any, Iterable, Mapping
 SPLITS: tuple[str, ...] = ("updated", "paraphrased", "portability", "unchanged", "general")  # portability: zsRE multi-hop
 """Question splits, in report order."""
 
+DEV_SPLIT = "dev"
+"""The split of ``dev.jsonl`` rows once loaded: checkpoint selection, never an evaluation split."""
+
 FILE_NAMES: dict[str, str] = {
     "kb_v0": "kb_v0.jsonl",
     "kb_v1": "kb_v1.jsonl",
     "questions": "questions.jsonl",
     "train_docs": "train_docs.jsonl",
     "train_qa": "train_qa.jsonl",
+    "inject_qa": "inject_qa.jsonl",
+    "dev": "dev.jsonl",
 }
 """File key -> default file name inside a knowledge-update folder."""
 
 REQUIRED_FILES: tuple[str, ...] = ("kb_v0", "kb_v1", "questions")
-OPTIONAL_FILES: tuple[str, ...] = ("train_docs", "train_qa")
+OPTIONAL_FILES: tuple[str, ...] = ("train_docs", "train_qa", "inject_qa", "dev")
 META_FILE = "meta.json"
 
 _MISSING = object()
@@ -107,17 +121,27 @@ ROW_FIELDS: dict[str, tuple[Field, ...]] = {
         Field("text", "str", nonempty=True),
         Field("rendering", "int"),
     ),
-    "train_qa": (
+    "qa": (
         Field("question", "str", nonempty=True),
         Field("answer", "str", nonempty=True),
         Field("entity", "str"),
         Field("attribute", "str"),
+        Field("doc_id", "str", required=False, nullable=True, nonempty=True),
+    ),
+    "dev": (
+        Field("qid", "str", nonempty=True),
+        Field("question", "str", nonempty=True),
+        Field("answer", "str", nonempty=True),
+        Field("aliases", "list[str]", required=False, default=()),
+        Field("doc_id", "str", required=False, nullable=True, nonempty=True),
+        Field("entity", "str", required=False, nullable=True),
+        Field("attribute", "str", required=False, nullable=True),
     ),
 }
 """Row kind -> fields, in canonical (written) order."""
 
 FILE_KIND: dict[str, str] = {"kb_v0": "kb", "kb_v1": "kb", "questions": "questions",
-                             "train_docs": "train_docs", "train_qa": "train_qa"}
+                             "train_docs": "train_docs", "train_qa": "qa", "inject_qa": "qa", "dev": "dev"}
 
 
 class RowProblem(ValueError):
@@ -187,7 +211,7 @@ def row_key(kind: str, row: Mapping[str, Any]) -> tuple[str, Any] | None:
     """(name, value) of the key that must be unique within a file of this kind, if any."""
     if kind == "kb":
         return "doc_id", row["doc_id"]
-    if kind == "questions":
+    if kind in ("questions", "dev"):
         return "qid", row["qid"]
     if kind == "train_docs":
         return "(entity, rendering)", (row["entity"], row["rendering"])
@@ -339,10 +363,26 @@ def check_update(rows: Mapping[str, Rows], loc: Locator) -> None:
         if r["entity"] and r["entity"] in question_entities:
             raise loc.error("train_qa", pos, f"entity {r['entity']!r} is asked about in questions.jsonl "
                             "(train_qa must only use entities never evaluated)")
-        qpos = question_texts.get(_norm_text(r["question"]))
-        if qpos is not None:
-            raise loc.error("train_qa", pos,
-                            f"question is an evaluation question (questions {loc.describe('questions', qpos)})")
+    training_texts: dict[str, tuple[str, int]] = {}
+    for key in ("train_qa", "inject_qa"):
+        for pos, r in rows.get(key) or ():
+            qpos = question_texts.get(_norm_text(r["question"]))
+            if qpos is not None:
+                raise loc.error(key, pos,
+                                f"question is an evaluation question (questions {loc.describe('questions', qpos)})")
+            if r["doc_id"] is not None and r["doc_id"] not in v1:
+                raise loc.error(key, pos, f"doc_id {r['doc_id']!r} is not in kb_v1")
+            training_texts.setdefault(_norm_text(r["question"]), (key, pos))
+    for pos, r in rows.get("dev") or ():
+        text = _norm_text(r["question"])
+        if text in question_texts:
+            raise loc.error("dev", pos, "question is an evaluation question "
+                            f"(questions {loc.describe('questions', question_texts[text])})")
+        if text in training_texts:
+            key, tpos = training_texts[text]
+            raise loc.error("dev", pos, f"question is a training question ({key} {loc.describe(key, tpos)})")
+        if r["doc_id"] is not None and r["doc_id"] not in v1:
+            raise loc.error("dev", pos, f"doc_id {r['doc_id']!r} is not in kb_v1")
 
 
 def _norm_text(text: str) -> str:

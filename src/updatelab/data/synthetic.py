@@ -496,7 +496,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
               "eval_fraction": eval_fraction, "n_unchanged_questions": n_unchanged_questions, "n_general": n_general,
               "renderings": renderings, "sentences_per_doc": sentences_per_doc, "qa_templates": qa_templates,
               "inject_templates": inject_templates}
-    split_counts = {s: sum(q["split"] == s for q in questions) for s in SPLITS}
+    split_counts = {s: n for s in SPLITS if (n := sum(q["split"] == s for q in questions))}
     meta = {
         "generator": "updatelab.data.synthetic",
         "generator_version": GENERATOR_VERSION,

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from rich.console import Console
 
-from updatelab.report.table import render, summarise
+from updatelab.report.table import report, summarise
 from updatelab.tracking.results import load_results
 
 
@@ -27,12 +27,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(records)
     console = Console(record=True, width=170)
-    console.print(render(rows, f"updatelab — experiment '{args.experiment}'"))
+    report(console, records, args.experiment)  # the table make run prints: accuracies, n, paired differences
     (out / "table.txt").write_text(console.export_text())
     cells = [{"run_id": r["run_id"], "strategy": r["strategy"], "seed": r["seed"],
               "metrics": {k: v for k, v in r["metrics"].items()},
               "cost_total_s": r["cost"].get("total", {}).get("wall_s"),
               "update_s": r["cost"].get("update_total", {}).get("wall_s"),
+              "training": r.get("training"),
               "cka_per_layer": (r.get("shift") or {}).get("lm", {}).get("cka_per_layer")} for r in records]
     (out / "summary.json").write_text(json.dumps({"experiment": args.experiment, "rows": rows, "cells": cells}, indent=1))
     dash = Path(args.results_dir) / args.experiment / "dashboard.html"

@@ -83,6 +83,7 @@ class Lora(Strategy):
     docs: bool = True
     paraphrases: bool = True
     inject_qa: bool = True
+    qa_per_fact: int | None = None
     demo_qa: bool = False
     order: str = "mixed"
     replay_ratio: float = 0.0
@@ -147,6 +148,10 @@ class Lora(Strategy):
         check_no_leak(data.examples, (*update.questions, *update.dev))
         acfg = self.adapter_cfg(ctx)
         full = acfg.get("method") == "full"
+        if not update.dev and (acfg.get("select") == "best_dev" or acfg.get("patience")):
+            data.notes.append("adapter.select=best_dev but the update has no dev.jsonl: trained to the last step")
+            log.warning("%s", data.notes[-1])
+            acfg.update(select="last", patience=None)
         dev_score, dev_prompts = None, []
         if update.dev and (acfg.get("select") == "best_dev" or acfg.get("patience")):
             k = int(ctx.cfg.eval.top_k)
@@ -200,8 +205,10 @@ class Lora(Strategy):
             })
         ctx.notes.setdefault("artifacts", {})["adapter"] = {"path": stats.adapter_path, "bytes": stats.adapter_bytes}
         ctx.notes["train_loss_curve"] = stats.loss_curve
-        ctx.notes["training"] = {**data.record(self.recipe()), "method": stats.method, "dev": stats.dev,
-                                 "selected_step": stats.selected_step, "steps": stats.steps}
+        ctx.notes["training"] = {**data.record(self.recipe()), "dev": stats.dev, "selected_step": stats.selected_step,
+                                 "steps": stats.steps,  # what ran: the adapter keys after this arm's overrides
+                                 "adapter": {k: acfg.get(k) for k in ("method", "lr", "epochs", "max_steps", "select",
+                                                                      "patience")}}
         return model
 
     @staticmethod

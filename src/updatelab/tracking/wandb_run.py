@@ -45,8 +45,10 @@ def wandb_run(cfg: Mapping[str, Any], config: Mapping[str, Any], run_id: str, ou
     )
     try:
         yield run
-    except BaseException:
-        run.finish(exit_code=1)
+    except BaseException as err:
+        # A signal's exit status (143 SIGTERM, 130 SIGINT, 140 SIGUSR2; updatelab.signals), else 1.
+        code = getattr(err, "code", None) if isinstance(err, SystemExit) else None
+        run.finish(exit_code=code if isinstance(code, int) and code != 0 else 1)
         raise
     else:
         run.finish()

@@ -7,7 +7,7 @@ literature (../shared/anchors.md):
 - ``docs`` / ``paraphrases``: the changed documents, in several renderings (Allen-Zhu & Li 3.1:
   one phrasing is stored but not extractable);
 - ``inject_qa``: QA about the changed facts themselves, in training-only wordings (Jiang et al.
-  2024, Mecklenburg et al. 2024);
+  2024, Mecklenburg et al. 2024); ``qa_per_fact`` caps the wordings per fact (null: all);
 - ``demo_qa``: QA about never-evaluated demo entities, which teaches the answer format;
 - ``order``: ``mixed``, ``qa_then_docs`` (PIT: QA first, then QA mixed with documents) or
   ``docs_then_qa`` (continued pre-training, then QA);
@@ -43,6 +43,7 @@ class Recipe:
     paraphrases: bool = True
     include_unchanged: bool = False
     inject_qa: bool = True
+    qa_per_fact: int | None = None
     demo_qa: bool = False
     order: str = "mixed"
     replay_ratio: float = 0.0
@@ -54,6 +55,8 @@ class Recipe:
             raise ValueError(f"strategy.order must be one of {', '.join(ORDERS)}, got {self.order!r}")
         if not self.replay_ratio >= 0:
             raise ValueError(f"strategy.replay_ratio must be >= 0, got {self.replay_ratio!r}")
+        if self.qa_per_fact is not None and not (isinstance(self.qa_per_fact, int) and self.qa_per_fact >= 1):
+            raise ValueError(f"strategy.qa_per_fact must be an integer >= 1 or null, got {self.qa_per_fact!r}")
         if not 0.0 <= self.raft_gold_p <= 1.0:
             raise ValueError(f"strategy.raft_gold_p must be in [0, 1], got {self.raft_gold_p!r}")
 
@@ -76,6 +79,21 @@ def document_texts(update: KnowledgeUpdate, recipe: Recipe) -> list[str]:
     # Users' own data may have no renderings: train on the KB v1 documents themselves.
     changed_ids = set(update.changed_doc_ids())
     return [d.text for d in update.kb_v1 if recipe.include_unchanged or d.doc_id in changed_ids]
+
+
+def per_fact(pairs: Sequence[QAPair], n: int | None) -> list[QAPair]:
+    """The first `n` QA pairs (file order) of each fact (entity, attribute); all of them for None.
+    Pairs without an entity or attribute are each their own fact."""
+    if n is None:
+        return list(pairs)
+    seen: dict[tuple, int] = {}
+    out = []
+    for i, p in enumerate(pairs):
+        key = (p.entity, p.attribute) if p.entity and p.attribute else ("#", i)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] <= n:
+            out.append(p)
+    return out
 
 
 def raft_context(ranked: Sequence[str], gold: str | None, k: int, with_gold: bool) -> list[str]:
@@ -122,7 +140,7 @@ def build_training_data(update: KnowledgeUpdate, tokenizer, builder: PromptBuild
     pairs: list[QAPair] = []
     if recipe.inject_qa:
         if update.inject_qa:
-            pairs += update.inject_qa
+            pairs += per_fact(update.inject_qa, recipe.qa_per_fact)
         else:
             notes.append("inject_qa is on but the update has no inject_qa.jsonl: no injection QA trained")
     if recipe.demo_qa:

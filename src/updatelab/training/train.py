@@ -27,13 +27,15 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from updatelab.signals import StopOnSignal
 from updatelab.training.datamodule import LoraDataModule
+from updatelab.training.dev_selection import DevSelection
 from updatelab.training.examples import TrainExample, TrainStats
 from updatelab.training.log_progress import LogProgress
 from updatelab.training.module import LoraLightningModule
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 ADAPTER_DEFAULTS: dict[str, Any] = {
+    "method": "lora",  # lora | full (full fine-tuning: every weight trains, no adapter)
     "r": 16,
     "alpha": 32,
     "dropout": 0.0,
@@ -54,9 +57,12 @@ ADAPTER_DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
     "max_length": 128,
     "warmup_ratio": 0.05,
-    "scheduler": "cosine",
+    "scheduler": "constant",
     "min_lr_ratio": 0.0,
     "pad_to_multiple_of": None,
+    "select": "last",  # last | best_dev: keep the weights of the best dev-scored step (needs a dev scorer)
+    "dev_every_steps": None,  # None: once per data epoch
+    "patience": None,  # stop after this many dev evaluations without improvement; None: never
 }
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -77,21 +83,47 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 _OWN_TRAINER_KEYS = set(TRAINER_DEFAULTS) | {"num_nodes", "callbacks"}
 
 
-def resolve_precision(precision: Any, accelerator: str) -> str:
-    """`None`/"auto": bf16-mixed when the device computes bf16 natively, else a safe fallback."""
-    if precision not in (None, "auto"):
-        return str(precision)
+def resolve_precision(precision: Any, accelerator: str, model=None, data: LoraDataModule | None = None,
+                      attn_implementation: str | None = None, max_rows: int = 4) -> str:
+    """The Lightning precision of the training; explicit values are returned unchanged.
+
+    `None`/"auto" (`updatelab.hardware.choose`, phase ``train``): on a GPU bf16-mixed where
+    supported (else 16-mixed); on the CPU the faster of 32-true and bf16-mixed, measured once per
+    machine on a real step of `model` (forward + backward of the training loss) on a middle-length
+    batch of `data` (at most `max_rows` rows), with the training's attention kernel. Without
+    `model` and `data` (and no cached measurement) the CPU falls back to 32-true.
+    """
+    from updatelab import hardware
+    from updatelab.training.module import labelled_positions_loss
+
     acc = str(accelerator).lower()
-    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return "bf16-mixed"
-        return "16-mixed"
-    if acc in ("cpu", "auto"):
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-            torch.cpu, "_is_amx_tile_supported", lambda: False
-        )()
-        return "bf16-mixed" if native else "32-true"
-    return "32-true"
+    device = "cuda" if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()) else (
+        "cpu" if acc in ("cpu", "auto") else acc)
+    requested = "auto" if precision in (None, "auto") else str(precision)
+    measure = None
+    if model is not None and data is not None and device == "cpu":
+        bucket = data.buckets[len(data.buckets) // 2]
+        batch = data.collator([data.items[i] for i in bucket[:max_rows]])
+
+        def measure(candidate: str) -> None:
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            attn_before, was_training = base.config._attn_implementation, model.training
+            # The RNG state is kept: whether a measurement ran must not change the training.
+            with torch.random.fork_rng(devices=[]):
+                try:
+                    if attn_implementation:
+                        base.set_attn_implementation(attn_implementation)
+                    model.train()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=candidate == "bf16-mixed"):
+                        loss = labelled_positions_loss(model, batch)
+                    loss.backward()
+                finally:
+                    model.zero_grad(set_to_none=True)
+                    model.train(was_training)
+                    base.set_attn_implementation(attn_before)
+
+    mid = hardware.model_id(model, trainable=True) if model is not None else ""
+    return hardware.choose("train", requested, measure=measure, model=mid, device=device).precision
 
 
 def build_lora_config(adapter_cfg: Mapping[str, Any]):
@@ -153,8 +185,14 @@ def _fingerprint(data: LoraDataModule, acfg: Mapping[str, Any], seed: int) -> st
     for it in data.items:
         h.update(it.input_ids.numpy().tobytes())
         h.update(it.labels.numpy().tobytes())
+        if it.stage:
+            h.update(f"stage{it.stage}".encode())
+    if data.staged:
+        h.update(repr(data.buckets).encode())
     targets = acfg.get("target_modules")
     shape = (int(acfg["r"]), float(acfg["alpha"]), targets if isinstance(targets, str) or targets is None else sorted(targets))
+    if acfg.get("method", "lora") != "lora":
+        shape = (acfg["method"],)
     h.update(repr((shape, data.batch_size, seed)).encode())
     return h.hexdigest()[:16]
 
@@ -187,8 +225,14 @@ def train_lora(
     seed: int,
     logger=None,
     progress: bool = True,
+    dev_score: Callable[[Any], float] | None = None,
 ):
     """Train a LoRA adapter on `examples`; return ``(peft_model in eval mode, TrainStats)``.
+
+    With ``adapter_cfg["method"] == "full"`` every weight of `model` trains instead (full
+    fine-tuning, the reference LoRA is compared to): `model` itself is returned, changed in place,
+    and saved whole under ``out_dir/model``. `dev_score(model) -> float` scores held-out dev
+    questions; with ``select: best_dev`` the weights of the best-scoring step are returned.
 
     `adapter_cfg` keys (see `ADAPTER_DEFAULTS`): r, alpha, dropout, target_modules (list of
     module names, "all-linear" or None = all attention+MLP linears), lr, weight_decay, epochs,
@@ -205,6 +249,11 @@ def train_lora(
     if isinstance(model, PeftModel):
         raise ValueError("train_lora expects the base model, not a PeftModel (unload() it first)")
     acfg = {**ADAPTER_DEFAULTS, **{k: v for k, v in dict(adapter_cfg).items()}}
+    method = acfg["method"]
+    if method not in ("lora", "full"):
+        raise ValueError(f"adapter.method must be 'lora' or 'full', got {method!r}")
+    if acfg["select"] not in ("last", "best_dev"):
+        raise ValueError(f"adapter.select must be 'last' or 'best_dev', got {acfg['select']!r}")
     tcfg = {**TRAINER_DEFAULTS, **{k: v for k, v in dict(trainer_cfg).items()}}
     extra = {k: v for k, v in tcfg.items() if k not in _OWN_TRAINER_KEYS}
     out_dir = Path(out_dir)
@@ -220,28 +269,39 @@ def train_lora(
         max_length=int(acfg["max_length"]),
         seed=seed,
         pad_to_multiple_of=acfg.get("pad_to_multiple_of"),
+        epochs=float(acfg["epochs"]) if acfg["epochs"] is not None else 1.0,
     )
 
-    with warnings.catch_warnings():
-        # peft 0.21 reads `model.is_gradient_checkpointing`, deprecated in transformers 5.
-        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, build_lora_config(acfg))
-    bad = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
-    if bad:
-        raise RuntimeError(f"non-LoRA parameters require grad: {bad[:5]}")
-    trainable, total = peft_model.get_nb_trainable_parameters()
+    if method == "full":
+        peft_model = model
+        for p in peft_model.parameters():
+            p.requires_grad_(True)
+        trainable = total = sum(p.numel() for p in peft_model.parameters())
+    else:
+        with warnings.catch_warnings():
+            # peft 0.21 reads `model.is_gradient_checkpointing`, deprecated in transformers 5.
+            warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, build_lora_config(acfg))
+        bad = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
+        if bad:
+            raise RuntimeError(f"non-LoRA parameters require grad: {bad[:5]}")
+        trainable, total = peft_model.get_nb_trainable_parameters()
 
-    precision = resolve_precision(tcfg.get("precision"), tcfg["accelerator"])
+    precision = resolve_precision(tcfg.get("precision"), tcfg["accelerator"], model=peft_model, data=data,
+                                  attn_implementation=tcfg.get("attn_implementation"))
     accum = int(tcfg.get("accumulate_grad_batches") or 1)
     max_steps = acfg.get("max_steps")
-    epochs = float(acfg["epochs"])
+    epochs = float(acfg["epochs"]) if acfg["epochs"] is not None else 1.0
+    if max_steps is None and acfg["epochs"] is None:
+        raise ValueError("adapter: set epochs or max_steps")
     world = 1
     single = str(tcfg["devices"]) in ("1", "[0]") and int(tcfg.get("num_nodes") or 1) == 1
     if not single:
         world = _trainer_world_size(tcfg, precision, extra)
     steps_per_epoch = math.ceil(data.batches_per_epoch(world) / accum)
     if max_steps is None:
-        max_steps = max(1, math.ceil(epochs * steps_per_epoch))
+        # A staged schedule already holds every stage's epochs.
+        max_steps = max(1, math.ceil((1.0 if data.staged else epochs) * steps_per_epoch))
     max_steps = int(max_steps)
     every = tcfg.get("checkpoint_every_n_steps") or steps_per_epoch
 
@@ -256,8 +316,20 @@ def train_lora(
     )
     checkpoint_cb = FinalStepCheckpoint(ckpt_dir, int(every))
     callbacks = [checkpoint_cb, *(tcfg.get("callbacks") or [])]
+    selector = None
+    if dev_score is not None:
+        n_evals = epochs * (len({it.stage for it in data.items}) if data.staged else 1)
+        dev_every = acfg.get("dev_every_steps") or max(1, round(max_steps / max(1.0, n_evals)))
+        selector = DevSelection(
+            dev_score, int(dev_every), acfg.get("patience"),
+            on_stop=lambda tr: tr.save_checkpoint(checkpoint_cb.last_path, weights_only=False),
+        )
+        callbacks.append(selector)
+    elif acfg["select"] == "best_dev":
+        raise ValueError("adapter.select=best_dev needs a dev split (dev.jsonl); none was given")
     if progress and not sys.stdout.isatty():  # the tqdm bar is invisible in a redirected log: write lines
         callbacks.append(LogProgress(every=max(1, max_steps // 20)))
+    callbacks.append(StopOnSignal(checkpoint_cb.last_path))  # SIGTERM/INT/USR2: save last.ckpt now, stop (updatelab.signals)
     trainer = pl.Trainer(
         **_placement(tcfg, precision, extra),
         max_steps=max_steps,
@@ -278,9 +350,10 @@ def train_lora(
 
     ckpt_path = str(last_ckpt) if last_ckpt.exists() else None
     log.info(
-        "LoRA r=%s on %s: %d/%d trainable params; %d seqs, %d tokens/epoch (%.1f%% padding), "
+        "%s: %d/%d trainable params; %d seqs, %d tokens/epoch (%.1f%% padding), "
         "%d steps, precision %s%s",
-        acfg["r"], acfg.get("target_modules") or "all-linear", trainable, total, data.num_sequences,
+        "full fine-tuning" if method == "full" else f"LoRA r={acfg['r']} on {acfg.get('target_modules') or 'all-linear'}",
+        trainable, total, data.num_sequences,
         data.tokens_per_epoch, 100 * data.padding_fraction, max_steps, precision,
         f", resuming from {ckpt_path}" if ckpt_path else "",
     )
@@ -289,7 +362,7 @@ def train_lora(
         # num_workers=0 is deliberate (data is in memory); out_dir/checkpoints is reused on purpose.
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-        base_model = peft_model.get_base_model()
+        base_model = peft_model.get_base_model() if method == "lora" else peft_model
         attn_before = base_model.config._attn_implementation
         try:
             if tcfg.get("attn_implementation"):
@@ -300,22 +373,29 @@ def train_lora(
             base_model.set_attn_implementation(attn_before)
     wall = time.perf_counter() - t0
 
+    if selector is not None:
+        with torch.inference_mode(False):
+            selector.finish(peft_model, int(trainer.global_step), restore_best=acfg["select"] == "best_dev")
     peft_model.eval()
+    if method == "full":
+        for p in peft_model.parameters():
+            p.requires_grad_(False)
     tokens, trained_tokens, micro = module.global_counters()
     wall_s = module.prior_wall_s + wall  # the whole run, as the counters
 
-    adapter_dir = out_dir / "adapter"
+    adapter_dir = out_dir / ("model" if method == "full" else "adapter")
     if trainer.is_global_zero:
         peft_model.save_pretrained(str(adapter_dir), safe_serialization=True)
     trainer.strategy.barrier("train_lora.save_adapter")
-    weights = adapter_dir / "adapter_model.safetensors"
+    weights = adapter_dir / ("model.safetensors" if method == "full" else "adapter_model.safetensors")
     adapter_bytes = weights.stat().st_size if weights.exists() else 0
 
     curve = list(module.loss_curve)
     tail = curve[-10:]
+    passes = micro / max(1, data.batches_per_epoch(trainer.world_size) * trainer.world_size)
     stats = TrainStats(
         steps=int(trainer.global_step),
-        epochs=micro / max(1, data.batches_per_epoch(trainer.world_size) * trainer.world_size),
+        epochs=passes * epochs if data.staged else passes,
         tokens=tokens,
         trained_tokens=trained_tokens,
         wall_s=wall_s,
@@ -328,6 +408,10 @@ def train_lora(
         adapter_path=str(adapter_dir),
         resumed_from_step=int(module.resumed_from_step),
         padding_fraction=float(data.padding_fraction),
+        method=method,
+        dev=selector.summary() if selector is not None else None,
+        selected_step=(selector.best_step if selector is not None and acfg["select"] == "best_dev"
+                       else int(trainer.global_step)),
     )
     if logger is not None:
         logger.log_metrics(

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +20,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("updatelab")
+# FAISS's loader logs each AVX build it lacks as "Could not load library ... ModuleNotFoundError"
+# (at INFO, before it loads the generic build): read as failures, they are not.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 # Groups every arm shares; a strategy adds the groups it uses (LoRA: adapter, trainer).
@@ -63,9 +67,11 @@ def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | N
 
     from updatelab import hardware
     from updatelab.pipeline import execute
+    from updatelab.config_check import validate
     from updatelab.signals import handling_signals
     from updatelab.tracking.results import results_path
 
+    validate(cfg)  # every cell (e.g. of an experiment's sweep grid), before anything is written or loaded
     run_id = run_id_for(cfg)
     target = results_path(cfg.paths.results_dir, cfg.name, run_id)
     if target.exists() and not cfg.force:
@@ -73,10 +79,29 @@ def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | N
         return None
     # SIGTERM / SIGINT / SIGUSR2 stop the cell with a checkpoint and no results file (updatelab.signals);
     # under submitit this is the outermost handler scope, and SIGUSR2 is handed on to submitit's requeue.
-    with handling_signals():
-        hardware.apply_threads(cfg.threads)  # null: torch's default; auto: the cores free now
-        strategy = instantiate(cfg.strategy)
-        return execute(cfg, strategy, run_id, target, out_dir or output_dir())
+    try:
+        with handling_signals():
+            hardware.apply_threads(cfg.threads)  # null: torch's default; auto: the cores free now
+            strategy = instantiate(cfg.strategy)
+            return execute(cfg, strategy, run_id, target, out_dir or output_dir())
+    except BaseException:
+        try:
+            _prune_empty(target.with_suffix(""), stop=Path(cfg.paths.results_dir))
+        except OSError:  # e.g. a concurrent cell writing there: leave it
+            pass
+        raise
+
+
+def _prune_empty(folder: Path, stop: Path) -> None:
+    """A failed cell leaves nothing half-made under results/: empty folders go (from `folder` up to,
+    not including, `stop`); a training checkpoint, which a re-run resumes from, stays."""
+    for d in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
+    for d in (folder, *folder.parents):
+        if d == stop or stop not in d.parents or not d.is_dir() or any(d.iterdir()):
+            break
+        d.rmdir()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
@@ -85,14 +110,20 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    from updatelab.config_check import check_overrides
+    from updatelab.config_check import ConfigError, check_config, check_overrides
     from updatelab.signals import handling_signals
 
     # Installed for the whole process (a sweep stops at a signal between cells too, with the same
     # status); each cell's own scope is nested in this one.
     with handling_signals():
-        check_overrides()
-        _hydra_main()
+        try:
+            # Bad inputs end here, before any model loads: one line `error: <key>: <problem>`, exit 2.
+            check_overrides()
+            check_config()
+            _hydra_main()
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

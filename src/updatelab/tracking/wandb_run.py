@@ -8,11 +8,15 @@ interrupted sweep never leaves a run that looks alive.
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import wandb
+
+log = logging.getLogger("updatelab")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -30,7 +34,8 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def wandb_run(cfg: Mapping[str, Any], config: Mapping[str, Any], run_id: str, out_dir: Path) -> Iterator[Any]:
     mode = cfg.get("mode", "offline") if cfg.get("enabled", True) else "disabled"
     os.environ.setdefault("WANDB_SILENT", "true")
-    run = wandb.init(
+    init = functools.partial(
+        wandb.init,
         project=cfg.get("project", "updatelab"),
         entity=cfg.get("entity") or None,
         group=config["name"],
@@ -39,10 +44,13 @@ def wandb_run(cfg: Mapping[str, Any], config: Mapping[str, Any], run_id: str, ou
         # A fresh W&B id per attempt: a re-run of a failed cell must not append to a dead run.
         config=dict(config),
         tags=list(cfg.get("tags") or []),
-        mode=mode,
         dir=str(out_dir),
         reinit="finish_previous",
     )
+    if mode == "online":
+        run = _online_or_offline(init, out_dir)
+    else:
+        run = init(mode=mode)
     try:
         yield run
     except BaseException as err:
@@ -52,6 +60,20 @@ def wandb_run(cfg: Mapping[str, Any], config: Mapping[str, Any], run_id: str, ou
         raise
     else:
         run.finish()
+
+
+def _online_or_offline(init, out_dir: Path):
+    """Online if W&B answers within WANDB_INIT_TIMEOUT seconds (default 60), else offline with a
+    warning: compute nodes of a cluster often have no internet (nor a key); `wandb sync` uploads later."""
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", "60"))
+    try:
+        return init(mode="online", settings=wandb.Settings(init_timeout=timeout))
+    except Exception as err:  # no network, no API key, server error: the cell itself must not fail
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        folder = Path(out_dir) / "wandb"
+        log.warning("W&B online failed (%s): logging offline to %s instead; upload later with "
+                    "`wandb sync %s`", reason, folder, folder / "offline-run-*")
+        return init(mode="offline")
 
 
 def log_config(run: Any, values: Mapping[str, Any]) -> None:

@@ -103,6 +103,10 @@ def test_a_finished_cell_is_skipped_on_rerun(tiny_runs):
     assert path.stat().st_mtime_ns == before
 
 
+# lora_rag's options set back to lora's: the two cells then train identically.
+SAME_RECIPE_AS_LORA = ("strategy.raft=false", "strategy.qa_per_fact=null", "strategy.adapter_overrides={}")
+
+
 def _tiny_lora_cfg(root, strategy: str, *overrides: str):
     from hydra import compose, initialize_config_dir
 
@@ -137,7 +141,7 @@ def test_lora_rag_reuses_the_identical_training_and_keeps_its_own_adapter_copy(t
     from pathlib import Path
 
     lora, root = tiny_lora
-    rag = run_cell(_tiny_lora_cfg(root, "lora_rag", "strategy.raft=false"), out_dir=root / "out_rag")
+    rag = run_cell(_tiny_lora_cfg(root, "lora_rag", *SAME_RECIPE_AS_LORA), out_dir=root / "out_rag")
     train = rag["cost"]["train"]
     assert train["reused_adapter"] and train["adapter_key"] == lora["cost"]["train"]["adapter_key"]
     assert train["wall_s"] == lora["cost"]["train"]["wall_s"]  # the training's cost is booked, not this load's
@@ -185,7 +189,7 @@ def test_fine_tuning_arms_are_matched_with_each_other(tiny_lora):
     from updatelab.tracking.results import results_path
 
     lora, root = tiny_lora
-    cfg = _tiny_lora_cfg(root, "lora_rag", "strategy.raft=false")
+    cfg = _tiny_lora_cfg(root, "lora_rag", *SAME_RECIPE_AS_LORA)
     # Run here, or already run by the reuse test (then the cell is skipped and its file read).
     rag = run_cell(cfg, out_dir=root / "out_rag") or json.loads(
         results_path(cfg.paths.results_dir, cfg.name, run_id_for(cfg)).read_text())

@@ -23,11 +23,16 @@ RECIPES: dict[str, list[str]] = {
     "pit+replay": [*LORA, "strategy.replay_ratio=0.5", "strategy.order=qa_then_docs"],
     "docs_then_qa+replay": [*LORA, "strategy.replay_ratio=0.5", "strategy.order=docs_then_qa"],
     "qa+replay lr1e-3": [*LORA, "strategy.docs=false", "strategy.replay_ratio=0.5", "adapter.lr=1e-3"],
+    "qa+replay.25 lr1e-3 bs8 4ep": [*LORA, "strategy.docs=false", "strategy.replay_ratio=0.25", "adapter.lr=1e-3",
+                                    "adapter.batch_size=8", "adapter.epochs=4", "adapter.patience=2"],
     "qa+replay.25 lr1e-3 6ep": [*LORA, "strategy.docs=false", "strategy.replay_ratio=0.25", "adapter.lr=1e-3",
                                 "adapter.epochs=6", "adapter.patience=2"],
     # LoRA answering with retrieval
     "rag qa+replay": ["strategy=lora_rag", "strategy.docs=false", "strategy.raft=false", "strategy.replay_ratio=0.5"],
     "rag raft+replay": ["strategy=lora_rag", "strategy.docs=false", "strategy.raft=true", "strategy.replay_ratio=0.5"],
+    "rag raft qa1 replay.25 lr1e-3 3ep": ["strategy=lora_rag", "strategy.docs=false", "strategy.raft=true",
+                                          "strategy.qa_per_fact=1", "strategy.replay_ratio=0.25", "adapter.lr=1e-3",
+                                          "adapter.epochs=3", "adapter.patience=2"],
     # the reference arms on the same world
     "closed_book": ["strategy=closed_book"],
     "reembed": ["strategy=reembed"],

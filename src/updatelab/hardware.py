@@ -286,8 +286,8 @@ def choose(
                 }
                 _write(path, data)
                 if _threads is not None and _threads.source == "auto" and _threads.threads < _threads.usable_cores:
-                    log.warning("precision %s measured while %d of %d cores were busy; delete %s to measure again "
-                                "on a quiet machine", phase, _threads.usable_cores - _threads.threads,
+                    log.warning("precision %s measured on a busy machine (threads auto: %d of %d cores free); delete "
+                                "%s to measure again when it is quiet", phase, _threads.threads,
                                 _threads.usable_cores, path)
                 return _record(PrecisionChoice(phase, data["precision"], dict(data["timings_s"]), False, key))
     if data is None:

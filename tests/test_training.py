@@ -496,3 +496,23 @@ def test_full_fine_tuning_trains_every_weight_and_saves_the_whole_model(tok, tmp
     moved = [n for n, p in tuned.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) == len(before)
     assert (tmp_path / "model" / "model.safetensors").exists() and stats.method == "full"
+
+
+def test_replay_examples_are_the_base_models_own_answers_cached_once(tok, tmp_path):
+    from types import SimpleNamespace
+
+    from updatelab.models.lm import PromptBuilder
+    from updatelab.training import replay
+
+    builder = PromptBuilder(system="", rag_user="{context} {question}", closed_user="{question}")
+    eval_cfg = SimpleNamespace(max_new_tokens=3, batch_size=8, autocast="float32")
+    model = make_model(tok)
+    first, cached = replay.rehearsal_examples(model, tok, builder, eval_cfg, tmp_path, model_key="tiny")
+    assert not cached and first
+    prompts = [builder.render(tok, q, None) for q in replay.replay_prompts()]
+    assert {e.prompt for e in first} <= set(prompts) and all(e.completion.endswith(tok.eos_token) for e in first)
+    again, cached = replay.rehearsal_examples(make_model(tok, seed=1), tok, builder, eval_cfg, tmp_path, model_key="tiny")
+    assert cached and again == first  # answered once per (model, prompts): another seed's model is not asked
+    with_passages, _ = replay.rehearsal_examples(model, tok, builder, eval_cfg, tmp_path, model_key="tiny",
+                                                passages_for=lambda qs: [["alice joined"] for _ in qs])
+    assert all("alice joined" in e.prompt for e in with_passages)

@@ -126,7 +126,9 @@ class Lora(Strategy):
         retrieve = (lambda texts: ranked_doc_ids(reader, texts, k + 1)) if reader is not None else None
         pool: list[TrainExample] = []
         if recipe.replay_ratio > 0:
-            passages_for = (lambda q: [update.doc(d).text for d in retrieve([q])[0][:k]]) if retrieve else (lambda q: None)
+            def passages_for(questions: list[str]) -> list[list[str]] | None:
+                return [[update.doc(d).text for d in r[:k]] for r in retrieve(questions)] if retrieve else None
+
             pool, cached = rehearsal_examples(
                 base.lm, base.tokenizer, builder, ctx.cfg.eval, ctx.cfg.paths.cache_dir,
                 model_key=json.dumps(OmegaConf.to_container(ctx.cfg.model, resolve=True), sort_keys=True),

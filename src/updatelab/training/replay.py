@@ -31,17 +31,18 @@ def rehearsal_examples(
     eval_cfg: Any,
     cache_dir: str | Path,
     model_key: str,
-    passages_for: Callable[[str], list[str] | None] = lambda q: None,
+    passages_for: Callable[[list[str]], list[list[str]] | None] = lambda questions: None,
     progress: bool = False,
 ) -> tuple[list[TrainExample], bool]:
     """One example per replay prompt: the prompt as the evaluation renders it (with the passages
-    `passages_for` gives, for a RAG arm) and the base model's greedy answer to it.
+    `passages_for(questions)` gives, for a RAG arm) and the base model's greedy answer to it.
 
     Answers are cached under `cache_dir` by a hash of `model_key` and the rendered prompts, so
     every arm and seed sharing them generates once. Returns (examples, whether cached).
     """
     questions = replay_prompts()
-    prompts = [builder.render(tokenizer, q, passages_for(q)) for q in questions]
+    passages = passages_for(questions) or [None] * len(questions)
+    prompts = [builder.render(tokenizer, q, p) for q, p in zip(questions, passages)]
     key = hashlib.sha256(json.dumps({"model": model_key, "prompts": prompts,
                                      "max_new_tokens": int(eval_cfg.max_new_tokens)}).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / "replay" / f"{key}.json"

@@ -77,18 +77,11 @@ def dev_scorer(dev: Sequence[Question], tokenizer, builder: PromptBuilder, eval_
 
 
 @dataclass
-class Lora(Strategy):
+class Lora(Recipe, Strategy):
+    """The recipe's options (`Recipe`: docs, inject_qa, order, replay_ratio, raft, ...) are this
+    arm's config keys, validated when Hydra instantiates it."""
+
     name: str = "lora"
-    include_unchanged: bool = False  # train on changed/new entities only: the update, not a re-train
-    docs: bool = True
-    paraphrases: bool = True
-    inject_qa: bool = True
-    qa_per_fact: int | None = None
-    demo_qa: bool = False
-    order: str = "mixed"
-    replay_ratio: float = 0.0
-    raft: bool = False
-    raft_gold_p: float = 0.8
     reuse_adapter: bool = True  # an identical training (same data, config, seed) is done once per cache
     adapter_overrides: dict = field(default_factory=dict)  # adapter keys this arm sets (full_ft: method, lr)
 
@@ -96,8 +89,7 @@ class Lora(Strategy):
     uses_retrieval: ClassVar[bool] = False
 
     def recipe(self) -> Recipe:
-        names = {f.name for f in fields(Recipe)}
-        return Recipe(**{k: v for k, v in asdict(self).items() if k in names})
+        return Recipe(**{f.name: getattr(self, f.name) for f in fields(Recipe)})
 
     def adapter_cfg(self, ctx: RunContext) -> dict[str, Any]:
         overrides = self.adapter_overrides

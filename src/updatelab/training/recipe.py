@@ -37,7 +37,7 @@ Retriever = Callable[[Sequence[str]], list[list[str]]]
 """Questions -> ranked doc_ids of KB v1 for each (at least top_k + 1 of them)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recipe:
     docs: bool = True
     paraphrases: bool = True

@@ -104,7 +104,7 @@ def test_a_finished_cell_is_skipped_on_rerun(tiny_runs):
 
 
 # lora_rag's options set back to lora's: the two cells then train identically.
-SAME_RECIPE_AS_LORA = ("strategy.raft=false", "strategy.qa_per_fact=null", "strategy.adapter_overrides={}")
+SAME_RECIPE_AS_LORA = ("strategy.raft=false", "strategy.qa_per_fact=null", "~strategy.adapter_overrides")
 
 
 def _tiny_lora_cfg(root, strategy: str, *overrides: str):

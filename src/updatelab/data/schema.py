@@ -104,18 +104,20 @@ class Field:
 
 _KB_FIELDS = (Field("doc_id", "str", nonempty=True), Field("text", "str", nonempty=True), Field("entity", "str"))
 
+_QUESTION_FIELDS: tuple[Field, ...] = (
+    Field("qid", "str", nonempty=True),
+    Field("split", "str", choices=SPLITS),
+    Field("question", "str", nonempty=True),
+    Field("answer", "str", nonempty=True),
+    Field("aliases", "list[str]", required=False, default=()),
+    Field("doc_id", "str", required=False, nullable=True, nonempty=True),
+    Field("entity", "str", required=False, nullable=True),
+    Field("attribute", "str", required=False, nullable=True),
+)
+
 ROW_FIELDS: dict[str, tuple[Field, ...]] = {
     "kb": _KB_FIELDS,
-    "questions": (
-        Field("qid", "str", nonempty=True),
-        Field("split", "str", choices=SPLITS),
-        Field("question", "str", nonempty=True),
-        Field("answer", "str", nonempty=True),
-        Field("aliases", "list[str]", required=False, default=()),
-        Field("doc_id", "str", required=False, nullable=True, nonempty=True),
-        Field("entity", "str", required=False, nullable=True),
-        Field("attribute", "str", required=False, nullable=True),
-    ),
+    "questions": _QUESTION_FIELDS,
     "train_docs": (
         Field("entity", "str", nonempty=True),
         Field("text", "str", nonempty=True),
@@ -128,15 +130,8 @@ ROW_FIELDS: dict[str, tuple[Field, ...]] = {
         Field("attribute", "str"),
         Field("doc_id", "str", required=False, nullable=True, nonempty=True),
     ),
-    "dev": (
-        Field("qid", "str", nonempty=True),
-        Field("question", "str", nonempty=True),
-        Field("answer", "str", nonempty=True),
-        Field("aliases", "list[str]", required=False, default=()),
-        Field("doc_id", "str", required=False, nullable=True, nonempty=True),
-        Field("entity", "str", required=False, nullable=True),
-        Field("attribute", "str", required=False, nullable=True),
-    ),
+    # dev.jsonl: a question row without the split column (the file is the split).
+    "dev": tuple(f for f in _QUESTION_FIELDS if f.name != "split"),
 }
 """Row kind -> fields, in canonical (written) order."""
 

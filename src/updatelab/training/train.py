@@ -44,18 +44,20 @@ log = logging.getLogger(__name__)
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+# The same values as configs/adapter/lora.yaml, for callers of the library without Hydra; `select`
+# defaults to "last" here because a library caller may have no dev scorer.
 ADAPTER_DEFAULTS: dict[str, Any] = {
     "method": "lora",  # lora | full (full fine-tuning: every weight trains, no adapter)
     "r": 16,
     "alpha": 32,
     "dropout": 0.0,
     "target_modules": None,  # None: every linear layer of attention and MLP (PEFT "all-linear", no lm_head)
-    "lr": 5e-4,
+    "lr": 1e-3,
     "weight_decay": 0.0,
-    "epochs": 8,
+    "epochs": 6,
     "max_steps": None,  # None: derived from epochs
     "batch_size": 16,
-    "max_length": 128,
+    "max_length": 384,
     "warmup_ratio": 0.05,
     "scheduler": "constant",
     "min_lr_ratio": 0.0,

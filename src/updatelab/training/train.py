@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # The same values as configs/adapter/lora.yaml, for callers of the library without Hydra; `select`
-# defaults to "last" here because a library caller may have no dev scorer.
+# and `patience` default to "last" and None here: a library caller may have no dev scorer.
 ADAPTER_DEFAULTS: dict[str, Any] = {
     "method": "lora",  # lora | full (full fine-tuning: every weight trains, no adapter)
     "r": 16,

@@ -13,8 +13,7 @@ from updatelab.metrics.cost import forward_flops, non_embedding_params
 from updatelab.metrics.retrieval import mrr, recall_at_k
 from updatelab.metrics.stored import cloze_items
 from updatelab.models.lm import PromptBuilder, generate
-from updatelab.retrieval.index import search
-from updatelab.strategies.base import RunContext, System
+from updatelab.strategies.base import RunContext, System, nearest_documents
 
 
 def prompt_builder(eval_cfg: Any) -> PromptBuilder:
@@ -24,11 +23,10 @@ def prompt_builder(eval_cfg: Any) -> PromptBuilder:
 
 def retrieve(system: System, questions: Sequence[Question], k: int, ctx: RunContext) -> list[list[int]]:
     with ctx.ledger.phase("retrieve") as ph:
-        qvecs, tokens = system.embedder.encode([system.embedder.query_prefix + q.question for q in questions])
-        _, ids = search(system.index, qvecs, k)
+        hits, tokens = nearest_documents(system, [q.question for q in questions], k)
         ph.tokens += tokens
         ph.flops += forward_flops(system.embedder.n_params, tokens)
-    return [[int(i) for i in row if i >= 0] for row in ids]
+    return hits
 
 
 def evaluate(system: System, questions: Sequence[Question], ctx: RunContext,

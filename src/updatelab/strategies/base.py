@@ -18,7 +18,7 @@ import numpy as np
 from updatelab.data.update import Document, KnowledgeUpdate
 from updatelab.metrics.cost import CostLedger, forward_flops
 from updatelab.retrieval.embedder import EmbeddingCache, Embedder, embed_documents, text_hash
-from updatelab.retrieval.index import build_index, index_bytes
+from updatelab.retrieval.index import build_index, index_bytes, search
 
 
 @dataclass
@@ -55,6 +55,16 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def apply(self, base: System, update: KnowledgeUpdate, ctx: RunContext) -> System:
         """Return the updated system; record what it paid in `ctx.ledger`."""
+
+
+def nearest_documents(system: System, texts: Sequence[str], k: int) -> tuple[list[list[int]], int]:
+    """For each text, the positions in `system.docs` of its top-k documents (as queries are
+    embedded), and the real tokens the query embedding processed."""
+    if not texts:
+        return [], 0
+    qvecs, tokens = system.embedder.encode([system.embedder.query_prefix + t for t in texts])
+    _, ids = search(system.index, qvecs, k)
+    return [[int(i) for i in row if i >= 0] for row in ids], tokens
 
 
 def index_documents(

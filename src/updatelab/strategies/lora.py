@@ -26,8 +26,7 @@ from updatelab.data.update import KnowledgeUpdate, Question
 from updatelab.metrics import qa
 from updatelab.metrics.cost import lora_train_flops, non_embedding_params
 from updatelab.models.lm import PromptBuilder, generate
-from updatelab.retrieval.index import search
-from updatelab.strategies.base import RunContext, Strategy, System, index_documents
+from updatelab.strategies.base import RunContext, Strategy, System, index_documents, nearest_documents
 from updatelab.training.examples import TrainExample, TrainStats
 from updatelab.training.recipe import Recipe, TrainingData, build_training_data
 from updatelab.training.replay import rehearsal_examples
@@ -56,17 +55,13 @@ def check_no_leak(examples: Sequence[TrainExample], questions: Sequence[Question
 
 def ranked_doc_ids(system: System, texts: Sequence[str], k: int) -> list[list[str]]:
     """Top-k KB doc_ids of `system`'s index for each text (training-time retrieval: not serving cost)."""
-    if not texts:
-        return []
-    vecs = system.embedder.encode_queries(list(texts))
-    _, ids = search(system.index, vecs, k)
-    return [[system.docs[int(i)].doc_id for i in row if i >= 0] for row in ids]
+    hits, _ = nearest_documents(system, texts, k)
+    return [[system.docs[i].doc_id for i in row] for row in hits]
 
 
-def dev_scorer(dev: Sequence[Question], tokenizer, builder: PromptBuilder, eval_cfg: Any,
-               passages: Sequence[Sequence[str] | None]):
-    """model -> accuracy (`contains`) on the dev questions, prompted and decoded as the evaluation is."""
-    prompts = [builder.render(tokenizer, q.question, p) for q, p in zip(dev, passages)]
+def dev_scorer(dev: Sequence[Question], tokenizer, prompts: Sequence[str], eval_cfg: Any):
+    """model -> accuracy (`contains`) on the dev questions, from their prompts as the evaluation
+    renders them, decoded as the evaluation decodes."""
 
     def score(model) -> float:
         answers, _ = generate(model, tokenizer, prompts, max_new_tokens=int(eval_cfg.max_new_tokens),
@@ -86,7 +81,6 @@ class Lora(Recipe, Strategy):
     adapter_overrides: dict = field(default_factory=dict)  # adapter keys this arm sets (full_ft: method, lr)
 
     config_groups: ClassVar[tuple[str, ...]] = ("adapter", "trainer")
-    uses_retrieval: ClassVar[bool] = False
 
     def recipe(self) -> Recipe:
         return Recipe(**{f.name: getattr(self, f.name) for f in fields(Recipe)})
@@ -151,8 +145,8 @@ class Lora(Recipe, Strategy):
             k = int(ctx.cfg.eval.top_k)
             ranked = ranked_doc_ids(reader, [q.question for q in update.dev], k) if reader is not None else None
             passages = [[update.doc(d).text for d in r] for r in ranked] if ranked else [None] * len(update.dev)
-            dev_score = dev_scorer(update.dev, base.tokenizer, builder, ctx.cfg.eval, passages)
             dev_prompts = [builder.render(base.tokenizer, q.question, p) for q, p in zip(update.dev, passages)]
+            dev_score = dev_scorer(update.dev, base.tokenizer, dev_prompts, ctx.cfg.eval)
         key = self._training_key(ctx, acfg, data.examples, dev_prompts)
         reuse = self.reuse_adapter and not full  # a full model is too big to keep a second copy of
         shared = Path(ctx.cfg.paths.cache_dir) / "adapters" / key
@@ -243,7 +237,6 @@ class LoraRag(Lora):
     """The fine-tuned LM answering with retrieval over the re-embedded KB v1."""
 
     name: str = "lora_rag"
-    uses_retrieval: ClassVar[bool] = True
 
     def apply(self, base: System, update: KnowledgeUpdate, ctx: RunContext) -> System:
         # The index first: RAFT examples, replay and dev prompts show passages retrieved from it.

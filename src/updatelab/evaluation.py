@@ -60,7 +60,7 @@ def evaluate(system: System, questions: Sequence[Question], ctx: RunContext,
         golds = [q.answer, *q.aliases]
         s = qa.score(a, golds)
         row = {"qid": q.qid, "split": q.split, "question": q.question, "gold": q.answer, "prediction": a,
-               "correct": bool(s["contains"]), **s}
+               "correct": bool(s["contains"]), **s, "truncated": gstats.truncated[i]}
         if retrieved is not None:
             row["retrieved"] = retrieved[i]
             row["gold_doc"] = q.doc_id
@@ -79,15 +79,15 @@ def stored_knowledge(system: System, questions: Sequence[Question], kb: Sequence
     items = cloze_items(questions, kb)
     if not items:
         return []
-    completions, _ = generate(
+    completions, cstats = generate(
         system.lm, system.tokenizer, [c.prompt for c in items], max_new_tokens=cfg.get("stored_max_new_tokens", 8),
         batch_size=cfg.batch_size, autocast=cfg.autocast, progress=ctx.progress, desc=f"stored ({len(items)} facts)",
     )
     rows = []
-    for c, a in zip(items, completions):
+    for c, a, t in zip(items, completions, cstats.truncated):
         s = qa.score(a, list(c.answers))
         rows.append({"qid": f"stored:{c.qid}", "split": "stored", "question": c.prompt, "gold": c.answers[0],
-                     "prediction": a, "correct": bool(s["contains"]), **s})
+                     "prediction": a, "correct": bool(s["contains"]), **s, "truncated": t})
     return rows
 
 
@@ -97,9 +97,11 @@ def split_metrics(predictions: Sequence[dict[str, Any]], k: int, with_retrieval:
         by_split[p["split"]].append(p)
     metrics: dict[str, Any] = {}
     for split, rows in by_split.items():
-        metrics[split] = {m: float(np.mean([r[m] for r in rows])) for m in ("em", "f1", "contains")}
-        lo, hi = qa.bootstrap_ci([r["contains"] for r in rows])
-        metrics[split].update(n=len(rows), contains_ci=[lo, hi])
+        metrics[split] = {m: float(np.mean([r[m] for r in rows])) for m in ("em", "f1", "contains", "strict")}
+        metrics[split].update(n=len(rows), contains_ci=list(qa.bootstrap_ci([r["contains"] for r in rows])),
+                              strict_ci=list(qa.bootstrap_ci([r["strict"] for r in rows])),
+                              # answers the token budget cut (eval.max_new_tokens): a cut answer may miss its gold
+                              budget_hit=float(np.mean([r.get("truncated", False) for r in rows])))
     if with_retrieval:
         rows = [p for p in predictions if p.get("gold_doc")]
         metrics["retrieval"] = {

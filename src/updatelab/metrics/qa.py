@@ -52,8 +52,27 @@ def contains(prediction: str, golds: Sequence[str]) -> float:
     return float(any(normalize_answer(g) and f" {normalize_answer(g)} " in pred for g in golds))
 
 
+_CLAUSE_END = (". ", "! ", "? ", "; ", "\n", " and ")  # a comma often sits inside one answer ("Paris, France")
+
+
+def first_clause(prediction: str, gold: str) -> str:
+    """The prediction up to its first clause boundary ("Ferre and the mayor is Olsen" -> "Ferre").
+    A boundary that occurs in the gold answer itself ("Paris, France", "St. Louis") does not cut."""
+    text, gold = prediction.strip(), gold.lower()
+    cuts = [text.lower().find(sep) for sep in _CLAUSE_END if sep not in gold]
+    cuts = [c for c in cuts if c >= 0]
+    return text[: min(cuts)] if cuts else text
+
+
+def strict(prediction: str, golds: Sequence[str]) -> float:
+    """`contains`, on the answer's first clause only: a gold value copied later from a neighbouring
+    passage ("... is Ludmila Ferre. The mayor is Jan Olsen") is not credited."""
+    return float(any(contains(first_clause(prediction, g), [g]) for g in golds))
+
+
 def score(prediction: str, golds: Sequence[str]) -> dict[str, float]:
-    return {"em": exact_match(prediction, golds), "f1": token_f1(prediction, golds), "contains": contains(prediction, golds)}
+    return {"em": exact_match(prediction, golds), "f1": token_f1(prediction, golds),
+            "contains": contains(prediction, golds), "strict": strict(prediction, golds)}
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = DEFAULT_BOOT, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:

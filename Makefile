@@ -13,6 +13,8 @@ STAMP := $(VENV)/.setup-done
 ARMS ?= closed_book,stale,reembed,lora,lora_rag
 EXP ?= update_strategies
 ARGS ?=
+# The experiment name a run writes under (results/<name>/): `name=` in ARGS if given.
+name_in_args = $(or $(patsubst name=%,%,$(filter name=%,$(ARGS))),$(1))
 
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -38,7 +40,7 @@ setup: $(STAMP) ## Create .venv and install everything (done once; later calls d
 
 run: $(STAMP) ## Run the default matched experiment (all arms, one seed) and print the comparison table
 	$(PY) -m updatelab.run -m strategy=$(ARMS) $(ARGS)
-	$(PY) -m updatelab.report.table --experiment default
+	$(PY) -m updatelab.report.table --experiment $(call name_in_args,default)
 
 test: $(STAMP) chromium ## Run the test suite (offline, W&B disabled)
 	WANDB_MODE=disabled $(PY) -m pytest $(ARGS)
@@ -49,7 +51,7 @@ chromium:
 
 sweep: $(STAMP) ## Run a matched grid: make sweep EXP=update_strategies (re-runs finish only missing cells)
 	$(PY) -m updatelab.run -m experiment=$(EXP) $(ARGS)
-	$(PY) -m updatelab.report.table --experiment $(EXP)
+	$(PY) -m updatelab.report.table --experiment $(call name_in_args,$(EXP))
 
 report: $(STAMP) ## Write the HTML dashboard of an experiment: make report EXP=update_strategies
 	$(PY) -m updatelab.report.dashboard --experiment $(EXP)

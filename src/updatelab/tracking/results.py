@@ -12,6 +12,12 @@ from typing import Any
 REQUIRED_KEYS = ("experiment", "run_id", "strategy", "seed", "config", "metrics", "cost", "predictions")
 
 
+def default_results_dir() -> Path:
+    """Where a run writes results unless told otherwise (configs/config.yaml `paths.results_dir`):
+    $UPDATELAB_ROOT/results, else ./results -- so the report finds what the run wrote."""
+    return Path(os.environ.get("UPDATELAB_ROOT") or ".") / "results"
+
+
 def results_path(results_dir: str | Path, experiment: str, run_id: str) -> Path:
     return Path(results_dir) / experiment / f"{run_id}.json"
 

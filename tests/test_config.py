@@ -58,3 +58,11 @@ def test_unknown_strategy_lists_valid_ones(compose_cfg):
         compose_cfg("strategy=finetune")
     for arm in ARMS:
         assert arm in str(err.value)
+
+
+def test_a_generator_change_gives_synthetic_cells_new_run_ids(compose_cfg, monkeypatch):
+    from updatelab.data import synthetic
+
+    before = run_id_for(compose_cfg("strategy=reembed"))
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    assert run_id_for(compose_cfg("strategy=reembed")) != before  # the old results file is not "done"

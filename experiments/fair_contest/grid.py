@@ -27,12 +27,20 @@ RECIPES: dict[str, list[str]] = {
                                     "adapter.batch_size=8", "adapter.epochs=4", "adapter.patience=2"],
     "qa+replay.25 lr1e-3 6ep": [*LORA, "strategy.docs=false", "strategy.replay_ratio=0.25", "adapter.lr=1e-3",
                                 "adapter.epochs=6", "adapter.patience=2"],
+    # fewer training tokens for the CPU budget of `make run` (higher lr, fewer epochs / wordings)
+    "qa+replay.25 lr2e-3 3ep": [*LORA, "strategy.docs=false", "strategy.replay_ratio=0.25", "adapter.lr=2e-3",
+                                "adapter.epochs=3", "adapter.patience=2"],
+    "qa2+replay.25 lr2e-3 4ep": [*LORA, "strategy.docs=false", "strategy.replay_ratio=0.25", "strategy.qa_per_fact=2",
+                                 "adapter.lr=2e-3", "adapter.epochs=4", "adapter.patience=2"],
     # LoRA answering with retrieval
     "rag qa+replay": ["strategy=lora_rag", "strategy.docs=false", "strategy.raft=false", "strategy.replay_ratio=0.5"],
     "rag raft+replay": ["strategy=lora_rag", "strategy.docs=false", "strategy.raft=true", "strategy.replay_ratio=0.5"],
     "rag raft qa1 replay.25 lr1e-3 3ep": ["strategy=lora_rag", "strategy.docs=false", "strategy.raft=true",
                                           "strategy.qa_per_fact=1", "strategy.replay_ratio=0.25", "adapter.lr=1e-3",
                                           "adapter.epochs=3", "adapter.patience=2"],
+    "rag raft qa1 replay.25 lr2e-3 2ep": ["strategy=lora_rag", "strategy.docs=false", "strategy.raft=true",
+                                          "strategy.qa_per_fact=1", "strategy.replay_ratio=0.25", "adapter.lr=2e-3",
+                                          "strategy.adapter_overrides.epochs=2", "adapter.patience=2"],
     # the reference arms on the same world
     "closed_book": ["strategy=closed_book"],
     "reembed": ["strategy=reembed"],

@@ -44,7 +44,12 @@ def cell_config(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import get_class
 
     keys = list(SHARED_KEYS) + ["strategy"] + list(getattr(get_class(cfg.strategy._target_), "config_groups", ()))
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k] for k in keys}
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k] for k in keys}
+    if cfg.data.source == "synthetic":  # the same parameters make other files after a generator change
+        from updatelab.data.synthetic import GENERATOR_VERSION
+
+        out["data_generator_version"] = GENERATOR_VERSION
+    return out
 
 
 def run_id_for(cfg: DictConfig) -> str:

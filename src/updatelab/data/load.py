@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from updatelab.data.overlap import warn_near_copies
 from updatelab.data.schema import (
     DEV_SPLIT,
     FILE_KIND,
@@ -164,6 +165,7 @@ def _load_hub(repo_id: str, data_files: Mapping[str, str] | None, name: str | No
 
 
 def _build(name: str, source: str, rows: Mapping[str, list[dict[str, Any]]]) -> KnowledgeUpdate:
+    warn_near_copies(rows)  # training questions worded like evaluation ones: a person must judge
     kb_v0 = tuple(Document(**r) for r in rows["kb_v0"])
     kb_v1 = tuple(Document(**r) for r in rows["kb_v1"])
     questions = tuple(Question(**r) for r in rows["questions"])

@@ -61,7 +61,10 @@ from typing import Any
 
 from updatelab.data.schema import FILE_NAMES, META_FILE, SPLITS, write_jsonl
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # of the files written (the cache key): bumped by any change to them
+# The random draws keep their v2 key: v3 changed one training wording, and a wording must not
+# redraw the world (people, facts, edits stay those of v2, so results stay comparable).
+_DRAW_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +167,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         ("In what year was {name} born?", "What is the birth year of {name}?"),
         ("When was {name} born? Give the year.", "Which year saw the birth of {name}?"),
         train_questions=("{name} was born in which year?", "Name the year of birth of {name}.",
-                         "What year was {name} born in?", "Tell me the year {name} was born."),
+                         "Give the year in which {name} was born.", "Tell me the year {name} was born."),
         reverse=("Who was born in the year {value}?",),
     ),
     Attribute(
@@ -294,7 +297,7 @@ class _Person:
 
 
 def _rng(seed: int, stream: str) -> random.Random:
-    return random.Random(f"updatelab.synthetic/v{GENERATOR_VERSION}/seed={seed}/{stream}")
+    return random.Random(f"updatelab.synthetic/v{_DRAW_VERSION}/seed={seed}/{stream}")
 
 
 def _round(fraction: float, n: int) -> int:

@@ -16,7 +16,9 @@ import pytest
 
 os.environ["WANDB_MODE"] = "disabled"
 
+from updatelab.report import aggregate as ag  # noqa: E402
 from updatelab.report import dashboard as db  # noqa: E402
+from updatelab.report import records as rec  # noqa: E402
 from updatelab.report import stats  # noqa: E402
 from updatelab.tracking.results import load_results, results_path, write_results  # noqa: E402
 
@@ -83,7 +85,7 @@ def test_fixture_records_look_like_real_ones(records):
             assert lm[0] == 1.0 and lm[-1] < lm[10] < 1.0
         assert ("retrieval" in r["metrics"]) == (r["strategy"] != "lora")
         c = r["cost"]
-        assert c["total"]["wall_s"] == pytest.approx(sum(c[p]["wall_s"] for p in db.PHASES if p in c))
+        assert c["total"]["wall_s"] == pytest.approx(sum(c[p]["wall_s"] for p in ag.PHASES if p in c))
     # Matched arms of a seed ask the same questions.
     qids = {(r["seed"], r["strategy"]): [p["qid"] for p in r["predictions"]] for r in records}
     assert qids[(0, "stale")] == qids[(0, "lora")] != qids[(1, "lora")]
@@ -118,7 +120,7 @@ def test_dashboard_has_every_section_and_at_least_five_plots(fixture_page):
 
 
 def test_summary_numbers_match_the_records(records):
-    a = db.analyse(records, "fixture", n_boot=400)
+    a = ag.analyse(records, "fixture", n_boot=400)
     assert [g.label for g in a.groups] == list(mk.ARMS) and a.varied == []
     for g in a.groups:
         assert g.seeds == [0, 1]
@@ -127,33 +129,33 @@ def test_summary_numbers_match_the_records(records):
             expected = np.mean([r["metrics"][split]["contains"] for r in g.records])  # equal n per seed
             assert e.mean == pytest.approx(expected) and e.lo <= e.mean <= e.hi and e.n == 40
     stale = a.groups[0]
-    assert db.lm_untouched(stale) is True and db.lm_untouched(a.groups[2]) is False
+    assert ag.lm_untouched(stale) is True and ag.lm_untouched(a.groups[2]) is False
     # Differences: every arm vs stale, and lora / lora_rag vs reembed (reembed vs stale once, not twice).
     assert [g.strategy for g, _ in a.diffs["stale"]] == ["reembed", "lora", "lora_rag"]
     assert [g.strategy for g, _ in a.diffs["reembed"]] == ["lora", "lora_rag"]
     assert a.splits == ["updated", "paraphrased", "unchanged", "general"]  # the fixture has no `stored` probe
     e = a.diffs["stale"][0][1]["updated"]
     assert e.test == stats.mcnemar(a.groups[1].records, stale.records, "updated") and e.test.n == e.n == 40
-    assert db.total_cost(stale, "seconds") == pytest.approx(stale.mean("cost.serving_per_1k.wall_s"))
+    assert ag.total_cost(stale, "seconds") == pytest.approx(stale.mean("cost.serving_per_1k.wall_s"))
 
 
 def test_grid_rows_follow_the_varied_config_keys(tmp_path):
     # stale run once; lora over two adapter ranks: stale is one row, lora two, and both pair with that stale.
     recs = mk.make_records(strategies=("stale",)) + mk.make_records(strategies=("lora",), grid={"adapter.r": [8, 16]})
-    varied, by_strategy = db.varied_config_keys(recs)
+    varied, by_strategy = rec.varied_config_keys(recs)
     assert varied == ["adapter.r"]
     assert "data.generator.seed" not in varied and not any(k.startswith("strategy.") for k in varied)
-    a = db.analyse(recs, "grid", n_boot=200)
+    a = ag.analyse(recs, "grid", n_boot=200)
     assert [g.label for g in a.groups] == ["stale", "lora · r=8", "lora · r=16"]
     assert [g.label for g, _ in a.diffs["stale"]] == ["lora · r=8", "lora · r=16"]
 
     # A fully crossed edit_fraction grid: rows per value for every arm, baselines matched per value.
     recs = mk.make_records(experiment="ef", grid={"data.generator.edit_fraction": [0.1, 0.3]})
-    a = db.analyse(recs, "ef", n_boot=200)
+    a = ag.analyse(recs, "ef", n_boot=200)
     assert a.varied == ["data.generator.edit_fraction"]
     assert len(a.groups) == 8
     for g, _ in a.diffs["stale"]:
-        base = db.baseline_group(g, "stale", a.groups)
+        base = ag.baseline_group(g, "stale", a.groups)
         assert base.variant == g.variant
     rc, out = _dashboard(tmp_path, recs, "ef")
     page = out.read_text(encoding="utf-8")
@@ -165,7 +167,7 @@ def test_a_split_no_record_has_gets_no_column_and_no_legend_entry(tmp_path):
     for r in recs:  # a user's own data without general questions
         r["predictions"] = [p for p in r["predictions"] if p["split"] != "general"]
         r["metrics"].pop("general")
-    a = db.analyse(recs, "own-data", n_boot=100)
+    a = ag.analyse(recs, "own-data", n_boot=100)
     assert "general" not in a.splits and "stored" not in a.splits
     # closed_book: the forgetting reference, on what is left of unchanged and general.
     assert [g.strategy for g, _ in a.diffs["closed_book"]] == ["stale", "lora"]
@@ -176,6 +178,82 @@ def test_a_split_no_record_has_gets_no_column_and_no_legend_entry(tmp_path):
     assert rc == 0 and "data-section-error" not in page
     assert "general" not in page and ">stored<" not in page and "<i>stored</i>" not in page
     assert "McNemar" in page and 'class="ci test"' in page
+
+
+def test_without_the_forgetting_splits_there_is_no_forgetting_table(tmp_path):
+    # Own data with only questions about the changed facts: closed_book is a reference for nothing here.
+    recs = mk.make_records(strategies=("closed_book", "stale", "lora"), seeds=(0,), experiment="changed-only")
+    for r in recs:
+        r["predictions"] = [p for p in r["predictions"] if p["split"] in ("updated", "paraphrased")]
+        for split in ("unchanged", "general"):
+            r["metrics"].pop(split)
+    a = ag.analyse(recs, "changed-only", n_boot=100)
+    assert a.splits == ["updated", "paraphrased"] and list(a.diffs) == ["stale"]
+    rc, out = _dashboard(tmp_path, recs, "changed-only")
+    page = out.read_text(encoding="utf-8")
+    assert rc == 0 and "data-section-error" not in page
+    assert "general" not in page and "vs <code>closed_book</code>" not in page and "reference for forgetting" not in page
+    # `unchanged` the split is nowhere: no column, no legend entry, no axis label, no sentence (the KB drift
+    # table's "unchanged docs" are documents, not questions).
+    assert not re.search(r"<i>unchanged</i>|unchanged<br>|>unchanged[<\n]|Δ unchanged", page)
+
+
+def _with_shift_beyond_cka(recs):
+    """Hand-written records as the KL / intruder measurements and the embedder arms write them."""
+    out = []
+    for r in recs:
+        r = json.loads(json.dumps(r))
+        lm = r["shift"]["lm"]
+        moved = r["strategy"] in ("lora", "lora_rag")
+        lm["kl_per_layer"] = [0.01 * i * (1 + r["seed"]) if moved else 0.0 for i in range(30)]
+        lm["kl_mean"] = lm["kl_per_layer"][-1]
+        lm["intruders_per_layer"] = [int(i % 3 == 0) if moved else 0 for i in range(30)]
+        lm["intruders_total"] = sum(lm["intruders_per_layer"])
+        out.append(r)
+        if r["strategy"] == "reembed":  # the embedder arms: retrieval like reembed, recall of their own
+            for arm, recall in (("embedder_ft_stale", 0.2), ("embedder_ft_reembed", 0.9)):
+                e = json.loads(json.dumps(r))
+                e.update(strategy=arm, run_id=r["run_id"].replace("reembed", arm))
+                e["metrics"]["retrieval"]["recall@3"] = recall + 0.01 * r["seed"]
+                out.append(e)
+    return out
+
+
+def test_panels_beyond_cka_appear_with_their_keys_and_only_then(tmp_path, records, fixture_page):
+    page = fixture_page[1].read_text(encoding="utf-8")
+    for name in ("kl-layers", "intruders", "recall"):
+        assert f'data-plot="{name}"' not in page and f'data-skipped="{name}"' not in page
+    assert 'id="recall"' not in page and "intruder" not in page.lower() and "nats/token" not in page
+
+    recs = _with_shift_beyond_cka(records)
+    a = ag.analyse(recs, "fixture", n_boot=100)
+    assert [g.strategy for g in a.groups] == ["stale", "reembed", "embedder_ft_stale", "embedder_ft_reembed", "lora", "lora_rag"]
+    rows = dict((g.strategy, vals) for g, vals in ag.recall_by_arm(a))
+    assert rows["embedder_ft_stale"] == pytest.approx([0.2, 0.21]) and "lora" not in rows  # lora is closed-book
+    kl = dict((g.strategy, arr) for g, arr in ag.layer_panel(a.groups, "shift.lm.kl_per_layer"))
+    assert kl["lora"].shape == (2, 30) and kl["lora"][:, 10] == pytest.approx([0.1, 0.2]) and not kl["stale"].any()
+
+    rc, out = _dashboard(tmp_path, recs)
+    page = out.read_text(encoding="utf-8")
+    assert rc == 0 and "data-section-error" not in page
+    for name in ("kl-layers", "intruders", "recall"):
+        assert f'data-plot="{name}"' in page, name
+    assert '<a href="#recall">' in page and "Latent shift (CKA, KL, intruder dimensions)" in page
+    assert "embedder_ft_stale (mean 0 nats/token)" in page and "lora (total 10)" in page  # legends name the totals
+    summary = page[page.index('id="summary"'):page.index('id="differences"')]
+    assert "nats/token" in summary and "intruders" in summary
+    assert "<code>embedder_ft_stale</code> fine-tunes the embedder" in page
+
+
+def test_a_panel_needs_its_per_layer_list(tmp_path, records):
+    # kl_mean alone (no logit lens for the architecture): a summary column, no panel, no empty figure.
+    recs = json.loads(json.dumps(records))
+    for r in recs:
+        r["shift"]["lm"]["kl_mean"] = 0.0 if r["strategy"] in ("stale", "reembed") else 0.05
+    rc, out = _dashboard(tmp_path, recs)
+    page = out.read_text(encoding="utf-8")
+    assert rc == 0 and "nats/token" in page and 'data-plot="kl-layers"' not in page and "intruders" not in page
+    assert "Latent shift (CKA)</h2>" in page
 
 
 def test_records_missing_shift_and_cost_still_produce_a_page(tmp_path, records):
@@ -309,7 +387,7 @@ def test_accuracy_estimate_falls_back_to_stored_metrics():
 
 def test_pareto_front():
     pts = [(10.0, 0.5), (1.0, 0.1), (5.0, 0.6), (20.0, 0.6), (2.0, 0.05), (30.0, 0.9)]
-    assert stats.pareto_front(pts) == [1, 2, 5]
+    assert ag.pareto_front(pts) == [1, 2, 5]
 
 
 # ------------------------------------------------------------------------------------- W&B
@@ -354,7 +432,7 @@ def test_wandb_runs_become_records(monkeypatch):
             return [Run()]
 
     monkeypatch.setattr(wandb, "Api", Api)
-    recs, notes = db.load_wandb_records("ent/proj", "exp")
+    recs, notes = rec.load_wandb_records("ent/proj", "exp")
     assert recs[0]["strategy"] == "reembed" and recs[0]["seed"] == 0
     assert recs[0]["metrics"] == {"updated": {"contains": 0.5}, "retrieval": {"recall@3": 0.8}}
     assert recs[0]["cost"]["update_total"]["wall_s"] == 3.0 and notes
@@ -377,6 +455,24 @@ def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Complete
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
+# The page itself carries no script: this one, added to a copy of it, lets the DOM dump say which
+# figures the browser laid out with a real size (and, for PNGs, decoded).
+LAYOUT_CHECK_JS = """
+window.addEventListener('load', function () {
+  var figs = document.querySelectorAll('figure.plot'), ok = 0;
+  figs.forEach(function (f) {
+    var el = f.querySelector('svg, img');
+    if (!el) return;
+    var r = el.getBoundingClientRect();
+    var loaded = el.tagName.toLowerCase() !== 'img' || (el.complete && el.naturalWidth > 0);
+    if (r.width > 50 && r.height > 50 && loaded) { ok++; }
+  });
+  document.body.setAttribute('data-plots-total', String(figs.length));
+  document.body.setAttribute('data-plots-rendered', String(ok));
+});
+"""
+
+
 def test_headless_chromium_renders_the_plots(tmp_path, fixture_page):
     from PIL import Image
 
@@ -395,7 +491,11 @@ def test_headless_chromium_renders_the_plots(tmp_path, fixture_page):
     assert non_white > 0.03, f"page looks blank: {non_white:.3%} non-white pixels"
     assert coloured > 20_000, f"no plots visible: {coloured} coloured pixels"
 
-    proc = _run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", url)
+    page = out.read_text(encoding="utf-8")
+    assert "<script" not in page  # nothing on the page runs
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", f"<script>{LAYOUT_CHECK_JS}</script></body>"), encoding="utf-8")
+    proc = _run_chromium(binary, tmp_path / "profile-dom", "--dump-dom", probe.resolve().as_uri())
     dom = proc.stdout
     assert "<body" in dom, f"no DOM dumped; chromium exit {proc.returncode}:\n{proc.stderr[-2000:]}"
     body = re.search(r"<body[^>]*>", dom).group(0)

@@ -136,9 +136,23 @@ def test_present_splits_leave_out_what_no_record_measured():
     assert stats.questions_per_world(recs, "unchanged") == {1: 4}
 
 
-def test_arm_order_puts_full_ft_after_lora():
-    order = sorted(["lora_rag", "my_arm", "full_ft", "stale", "lora", "closed_book", "reembed"], key=stats.arm_rank)
-    assert order == ["closed_book", "stale", "reembed", "lora", "full_ft", "lora_rag", "my_arm"]
+def test_arm_order_puts_the_embedder_arms_after_reembed_and_full_ft_after_lora():
+    arms = ["lora_rag", "my_arm", "full_ft", "embedder_ft_reembed", "stale", "lora", "closed_book", "embedder_ft_stale", "reembed"]
+    assert sorted(arms, key=stats.arm_rank) == ["closed_book", "stale", "reembed", "embedder_ft_stale", "embedder_ft_reembed",
+                                                "lora", "full_ft", "lora_rag", "my_arm"]
+
+
+def test_every_report_module_takes_splits_and_arm_order_from_stats():
+    import pathlib
+    import re
+
+    import updatelab.report as report
+
+    for path in pathlib.Path(report.__file__).parent.glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if path.name != "stats.py":
+            assert not re.search(r"^(SPLITS|REPORT_SPLITS|ARM_ORDER)\s*[:=]", text, re.M), path.name
+            assert "data.schema" not in text, path.name  # the schema's splits reach the report through stats only
 
 
 def test_closed_book_is_a_reference_for_forgetting_splits_only():

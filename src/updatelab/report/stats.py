@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from updatelab.data.schema import SPLITS
+from updatelab.report.records import dig
 
 DEFAULT_BOOT = 2000
 """Bootstrap resamples behind every CI the project reports (results files, table, dashboard)."""
@@ -46,8 +47,11 @@ def _with_stored(splits: Sequence[str]) -> tuple[str, ...]:
 REPORT_SPLITS: tuple[str, ...] = _with_stored(SPLITS)
 """Every split a report may show, in report order: the question splits of the data schema, plus `stored`."""
 
-ARM_ORDER: tuple[str, ...] = ("closed_book", "stale", "reembed", "lora", "full_ft", "lora_rag")
-"""Arms in report order; an arm not listed comes after these, by name."""
+EMBEDDER_ARMS: tuple[str, ...] = ("embedder_ft_stale", "embedder_ft_reembed")
+"""The arms that tune the embedder, keeping the old index or re-embedding the knowledge base with the tuned one."""
+
+ARM_ORDER: tuple[str, ...] = ("closed_book", "stale", "reembed", *EMBEDDER_ARMS, "lora", "full_ft", "lora_rag")
+"""Arms in report order (every report module sorts by :func:`arm_rank`); an arm not listed comes after these, by name."""
 
 FORGETTING_REFERENCE = "closed_book"
 FORGETTING_SPLITS: tuple[str, ...] = ("unchanged", "general")
@@ -148,7 +152,7 @@ def question_scores(record: Mapping[str, Any], split: str, metric: str = "contai
 
 
 def _stored_metric(record: Mapping[str, Any], split: str, metric: str = "contains") -> float | None:
-    v = _dig(record, "metrics", split, metric)
+    v = dig(record, f"metrics.{split}.{metric}")
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
 
 
@@ -168,7 +172,7 @@ def questions_per_world(records: Sequence[Mapping[str, Any]], split: str) -> dic
     out: dict[Any, int] = {}
     for r in records:
         n = len(question_scores(r, split))
-        stored_n = _dig(r, "metrics", split, "n")
+        stored_n = dig(r, f"metrics.{split}.n")
         if not n and isinstance(stored_n, int) and not isinstance(stored_n, bool):
             n = stored_n
         if n:
@@ -250,7 +254,7 @@ def _stored_estimate(records: Sequence[Mapping[str, Any]], split: str, metric: s
     """Accuracy from `metrics.<split>` alone (records without predictions)."""
     vals, cis, per_seed = [], [], {}
     for r in records:
-        m = _dig(r, "metrics", split)
+        m = dig(r, f"metrics.{split}")
         if isinstance(m, Mapping) and isinstance(m.get(metric), (int, float)):
             vals.append(float(m[metric]))
             per_seed[r.get("seed")] = float(m[metric])
@@ -377,27 +381,3 @@ def fmt_sizes(per_world: Mapping[Any, int]) -> str:
     """Questions per seed as a report states n: "15", or "14–16" when the worlds differ; "?" when unknown."""
     ns = sorted(set(per_world.values()))
     return "?" if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points not dominated when cost (x) is minimised and accuracy (y) maximised,
-    sorted by cost. A point is dominated when another is no costlier and no less accurate, and
-    strictly better on one of the two."""
-    idx = [i for i, (x, y) in enumerate(points) if x is not None and y is not None and np.isfinite(x) and np.isfinite(y)]
-    front = []
-    for i in idx:
-        xi, yi = points[i]
-        dominated = any(
-            (points[j][0] <= xi and points[j][1] >= yi) and (points[j][0] < xi or points[j][1] > yi) for j in idx if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: (points[i][0], -points[i][1]))
-
-
-def _dig(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, Mapping) or k not in d:
-            return None
-        d = d[k]
-    return d

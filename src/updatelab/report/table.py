@@ -9,33 +9,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from updatelab.report import stats
+from updatelab.report.records import column_mean, dig, flatten_config, frame, own_varied, varied_config_keys
 from updatelab.tracking.results import load_results
 
 BASELINE = "stale"  # what a retrieval or fine-tuning arm must beat: the system before the update
 
 
-def _get(d: dict[str, Any], path: str, default: Any = None) -> Any:
-    for part in path.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return default
-        d = d[part]
-    return d
-
-
-def _mean(values: Sequence[Any]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
 def group_records(records: Sequence[dict[str, Any]]) -> tuple[list[str], dict[tuple, list[dict[str, Any]]]]:
     """(config keys the grid varies, (strategy, *their values) -> records), in arm order."""
-    from updatelab.report.dashboard import flatten_config, varied_config_keys
-
     varied, _ = varied_config_keys(records)
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -54,18 +39,19 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for key, rs in groups.items():
         s = key[0]
-        k = _get(rs[0], "config.eval.top_k", 3)
+        k = dig(rs[0], "config.eval.top_k", 3)
+        df = frame(rs)
         row: dict[str, Any] = {"strategy": s}
         row.update({name.rsplit(".", 1)[-1]: value for name, value in zip(varied, key[1:])})
         row["seeds"] = len(rs)
         for split in splits:
-            row[split] = _mean([_get(r, f"metrics.{split}.contains") for r in rs])
-        row[f"recall@{k}"] = _mean([_get(r, f"metrics.retrieval.recall@{k}") for r in rs])
-        row["cka_mean"] = _mean([_get(r, "shift.lm.cka_mean") for r in rs])
-        row["cka_min"] = _mean([_get(r, "shift.lm.cka_min") for r in rs])
-        row["update_s"] = _mean([_get(r, "cost.update_total.wall_s") for r in rs])
-        row["serve_s_per_1k"] = _mean([_get(r, "cost.serving_per_1k.wall_s") for r in rs])
-        row["wall_s"] = _mean([_get(r, "cost.total.wall_s") for r in rs])
+            row[split] = column_mean(df, f"metrics.{split}.contains")
+        row[f"recall@{k}"] = column_mean(df, f"metrics.retrieval.recall@{k}")
+        row["cka_mean"] = column_mean(df, "shift.lm.cka_mean")
+        row["cka_min"] = column_mean(df, "shift.lm.cka_min")
+        row["update_s"] = column_mean(df, "cost.update_total.wall_s")
+        row["serve_s_per_1k"] = column_mean(df, "cost.serving_per_1k.wall_s")
+        row["wall_s"] = column_mean(df, "cost.total.wall_s")
         rows.append(row)
     return rows
 
@@ -115,11 +101,9 @@ def _baseline_records(rs: Sequence[dict[str, Any]], baseline: str, records: Sequ
                       varied: Sequence[str]) -> list[dict[str, Any]]:
     """The baseline's records matched to a row: equal on every key the baseline's own cells vary
     (a stale arm run once pairs with every grid point of a fine-tuning arm)."""
-    from updatelab.report.dashboard import flatten_config
-
     cands = [r for r in records if r.get("strategy") == baseline]
     flats = [flatten_config(r.get("config")) for r in cands]
-    own = [k for k in varied if len({f.get(k) for f in flats}) > 1]
+    own = own_varied(flats, varied)
     mine = flatten_config(rs[0].get("config"))
     return [r for r, f in zip(cands, flats) if all(f.get(k) == mine.get(k) for k in own)]
 

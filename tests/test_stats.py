@@ -87,6 +87,18 @@ def test_one_world_is_the_ordinary_bootstrap_over_questions():
     assert (lo, hi) == pytest.approx(tuple(textbook), abs=0.0126)  # one question is 1/80
 
 
+def test_one_world_agrees_with_scipys_percentile_bootstrap():
+    # scipy.stats.bootstrap has no two-stage design, so the report keeps one implementation; with one
+    # world it is the same percentile bootstrap as scipy's (its own random stream: equal up to one question).
+    from scipy.stats import bootstrap
+
+    values = np.random.default_rng(8).integers(0, 2, 60).astype(float)
+    ref = bootstrap((values,), np.mean, n_resamples=20000, method="percentile", random_state=np.random.default_rng(1))
+    _, lo, hi = stats.bootstrap_mean_ci(values, n_boot=20000, seed=2)
+    assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=1 / 60 + 1e-9)
+    assert qa.bootstrap_ci(values, n_boot=20000, seed=2) == (lo, hi)  # the stored per-split CI is this one
+
+
 def test_hierarchical_bootstrap_is_the_two_stage_resampling():
     rng = np.random.default_rng(2)
     worlds = [(rng.random(n) < p).astype(float) for n, p in ((12, 0.2), (30, 0.5), (20, 0.8))]  # unequal sizes too

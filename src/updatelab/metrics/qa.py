@@ -7,7 +7,7 @@ import string
 from collections import Counter
 from typing import Sequence
 
-from updatelab.report.stats import DEFAULT_BOOT, bootstrap_mean_ci
+from updatelab.report.stats import ALPHA, DEFAULT_BOOT, bootstrap_mean_ci
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
@@ -75,7 +75,7 @@ def score(prediction: str, golds: Sequence[str]) -> dict[str, float]:
             "contains": contains(prediction, golds), "strict": strict(prediction, golds)}
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = DEFAULT_BOOT, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: Sequence[float], n_boot: int = DEFAULT_BOOT, alpha: float = ALPHA, seed: int = 0) -> tuple[float, float]:
     """(lo, hi): percentile bootstrap over questions for the mean of per-question scores, the
     report's one bootstrap (`updatelab.report.stats`) so that stored and reported CIs agree; NaNs for no values."""
     est = bootstrap_mean_ci(values, n_boot=n_boot, alpha=alpha, seed=seed)

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from rich.console import Console
 
+from updatelab.report.records import dig
 from updatelab.report.table import report, summarise
 from updatelab.tracking.results import load_results
 
@@ -31,10 +32,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     (out / "table.txt").write_text(console.export_text())
     cells = [{"run_id": r["run_id"], "strategy": r["strategy"], "seed": r["seed"],
               "metrics": {k: v for k, v in r["metrics"].items()},
-              "cost_total_s": r["cost"].get("total", {}).get("wall_s"),
-              "update_s": r["cost"].get("update_total", {}).get("wall_s"),
+              "cost_total_s": dig(r, "cost.total.wall_s"),
+              "update_s": dig(r, "cost.update_total.wall_s"),
               "training": r.get("training"),
-              "cka_per_layer": (r.get("shift") or {}).get("lm", {}).get("cka_per_layer")} for r in records]
+              "cka_per_layer": dig(r, "shift.lm.cka_per_layer")} for r in records]
     (out / "summary.json").write_text(json.dumps({"experiment": args.experiment, "rows": rows, "cells": cells}, indent=1))
     dash = Path(args.results_dir) / args.experiment / "dashboard.html"
     if dash.exists():

@@ -86,3 +86,14 @@ def test_closed_book_is_the_forgetting_reference_on_unchanged_and_general():
     assert [label for label, _ in vs_cb] == ["stale", "lora"]
     assert all(list(d) == ["unchanged", "general"] for _, d in vs_cb)
     assert "vs closed_book" in _printed(recs)
+
+
+def test_without_the_forgetting_splits_there_is_no_forgetting_table():
+    from updatelab.report.table import differences
+
+    recs = make_results.make_records(strategies=("closed_book", "stale", "lora"), seeds=(0,))
+    recs = _without(_without(recs, "general"), "unchanged")  # own data asking only about the changed facts
+    assert differences(recs, "closed_book", n_boot=100) == []
+    text = _printed(recs)
+    assert "vs closed_book" not in text and "unchanged" not in text and "general" not in text
+    assert "Δ updated" in text and "Δ paraphrased" in text

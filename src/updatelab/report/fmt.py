@@ -68,7 +68,6 @@ def fmt_test(t: stats.McNemar) -> str:
     return f'<span class="ci test" title="{esc(tip)}">n {t.n} · p {esc(stats.fmt_p(t.p))}</span>'
 
 
-
 def tokens(v: float | None) -> str:
     if v is None:
         return "–"
@@ -82,4 +81,3 @@ def flops(v: float | None) -> str:
         return "0"
     e = int(math.floor(math.log10(abs(v))))
     return f"{v / 10 ** e:.1f}e{e}"
-

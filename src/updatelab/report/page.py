@@ -21,6 +21,7 @@ from updatelab.report.shift_plots import (INTRUDER_PANEL, KL_PANEL, cka_note, pl
                                           plot_layer_panel, plot_recall)
 from updatelab.report.tables import cost_table, differences_tables, drift_table, runs_table, summary_table
 
+
 def _section(title: str, anchor: str, build: Callable[[], str]) -> str | None:
     """The section's HTML; None when it has nothing to show (a panel for keys no record has)."""
     try:

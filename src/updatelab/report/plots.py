@@ -44,13 +44,11 @@ def splits_text(splits: Sequence[str]) -> str:
     return "; ".join(SPLIT_TEXT.get(s, f"<i>{esc(s)}</i>") for s in splits) + "."
 
 
-
 def forgetting_text(a: Analysis) -> str:
     if stats.FORGETTING_REFERENCE not in a.diffs:
         return ""
     on = " and ".join(f"<i>{esc(s)}</i>" for s in stats.reference_splits(stats.FORGETTING_REFERENCE, a.splits))
     return f" <code>{stats.FORGETTING_REFERENCE}</code>, the base LM untouched, is the reference for forgetting: compared on {on} only."
-
 
 
 def assign_colours(groups: Sequence[Group]) -> None:
@@ -215,8 +213,6 @@ def plot_pareto(a: Analysis, plots: Plots) -> str:
                         "scatter plot of accuracy versus cost with the Pareto front")
 
 
-
-
 def plot_cost_phases(a: Analysis, plots: Plots) -> str:
     have = [g for g in a.groups if any(isinstance(dig(r, f"cost.{p}"), Mapping) for r in g.records for p in PHASES)]
     if not have:
@@ -332,5 +328,3 @@ def plot_sweep(a: Analysis, plots: Plots) -> str | None:
     ax.set_title(f"Accuracy on the updated split vs {key}")
     return plots.render(fig, "sweep", f"Accuracy on updated facts as the grid varies <code>{esc(key)}</code> (95% CI).",
                         f"line plot of accuracy versus {key}")
-
-

@@ -49,7 +49,6 @@ def cka_note(a: Analysis) -> str:
     return f'<div class="note plain">{" ".join(parts)}</div>' if parts else ""
 
 
-
 def plot_cka_layers(a: Analysis, plots: Plots) -> str:
     panels = [("lm", "LM (embedding output, then each block)"), ("embedder", "Embedder (embedding output, then each layer)")]
     data = {m: layer_panel(a.groups, f"shift.{m}.cka_per_layer") for m, _ in panels}

@@ -118,7 +118,6 @@ def cost_table(a: Analysis) -> str:
     return table(["arm", *PHASES, "total", "prompt tokens / 1k q", "update FLOPs"], rows, "cost")
 
 
-
 def drift_table(a: Analysis) -> str:
     rows = []
     for g in a.groups:
@@ -146,4 +145,3 @@ def runs_table(a: Analysis) -> str:
                      f"<code>{esc(str(r.get('data_fingerprint') or '–')[:12])}</code>", esc(r.get("finished_at") or r.get("source") or "–"),
                      esc(len(r.get("predictions") or [])), esc(", ".join(lacking) or "–")])
     return table(["run id", "strategy", "seed", "data fingerprint", "finished", "predictions", "missing"], rows, "runs")
-

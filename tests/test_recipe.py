@@ -194,3 +194,12 @@ def test_qa_per_fact_keeps_that_many_wordings_of_each_fact(update):
     assert one == len(facts) < build(update, docs=False).counts["inject_qa"]
     with pytest.raises(ValueError, match="qa_per_fact"):
         Recipe(qa_per_fact=0)
+
+
+def test_without_qa_files_the_default_recipe_trains_on_the_changed_documents_and_says_so(update):
+    import dataclasses
+
+    own = dataclasses.replace(update, inject_qa=(), train_qa=())
+    data = build_training_data(own, ChatTokenizer(), BUILDER, Recipe(docs=False, inject_qa=True))
+    assert data.counts["documents"] > 0 and data.counts["inject_qa"] == 0
+    assert any("trained on the changed documents instead" in n for n in data.notes)

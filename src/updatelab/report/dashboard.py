@@ -1,6 +1,6 @@
 """The HTML dashboard of one experiment: a single self-contained file, no network needed to view it.
 
-    python -m updatelab.report.dashboard --experiment NAME [--results-dir results] [--out PATH]
+    python -m updatelab.report.dashboard --experiment NAME [--results-dir DIR] [--out PATH]
                                          [--wandb ENTITY/PROJECT] [--cost-unit seconds|usd] [--plot-format svg|png]
 
 Reads `results/<experiment>/*.json` (one record per matched cell) and writes
@@ -32,6 +32,7 @@ from updatelab.report import stats
 from updatelab.report.aggregate import analyse
 from updatelab.report.page import render_html
 from updatelab.report.records import load_records, load_wandb_records
+from updatelab.tracking.results import default_results_dir
 
 
 def build_dashboard(records: list[dict[str, Any]], experiment: str, out: str | Path, command: str,
@@ -44,7 +45,8 @@ def build_dashboard(records: list[dict[str, Any]], experiment: str, out: str | P
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m updatelab.report.dashboard", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", required=True, help="experiment name: reads <results-dir>/<experiment>/*.json")
-    ap.add_argument("--results-dir", default="results")
+    ap.add_argument("--results-dir", default=str(default_results_dir()),
+                    help="default: $UPDATELAB_ROOT/results, else ./results (where the runs write)")
     ap.add_argument("--out", default=None, help="HTML file to write (default <results-dir>/<experiment>/dashboard.html)")
     ap.add_argument("--wandb", default=None, metavar="ENTITY/PROJECT",
                     help="when there are no local results, read the runs of W&B group=<experiment> from this project")

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from updatelab.report import stats
 from updatelab.report.records import column_mean, dig, flatten_config, frame, own_varied, varied_config_keys
-from updatelab.tracking.results import load_results
+from updatelab.tracking.results import default_results_dir, load_results
 
 BASELINE = "stale"  # what a retrieval or fine-tuning arm must beat: the system before the update
 
@@ -170,7 +170,8 @@ def report(console: Console, records: Sequence[dict[str, Any]], experiment: str,
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--experiment", default="default")
-    ap.add_argument("--results-dir", default="results")
+    ap.add_argument("--results-dir", default=str(default_results_dir()),
+                    help="default: $UPDATELAB_ROOT/results, else ./results (where the runs write)")
     ap.add_argument("--n-boot", type=int, default=stats.DEFAULT_BOOT, help="bootstrap resamples")
     args = ap.parse_args(argv)
     records = load_results(args.results_dir, args.experiment)

@@ -150,7 +150,12 @@ def build_training_data(update: KnowledgeUpdate, tokenizer, builder: PromptBuild
             notes.append("demo_qa is on but the update has no train_qa.jsonl: no demo QA trained")
     pairs = list(dict.fromkeys(pairs))  # a demo fact can be in both files
     qa, n_gold = qa_examples(pairs, tokenizer, builder, update, recipe, retriever, top_k, seed)
-    docs = [TrainExample(prompt="", completion=t) for t in document_texts(update, recipe)] if recipe.docs else []
+    use_docs = recipe.docs
+    if not qa and not use_docs and recipe.inject_qa and not update.inject_qa:
+        # Your own data without QA: the changed documents are what there is to learn from.
+        use_docs = True
+        notes.append("no QA to train on: trained on the changed documents instead (as strategy.docs=true)")
+    docs = [TrainExample(prompt="", completion=t) for t in document_texts(update, recipe)] if use_docs else []
     if recipe.replay_ratio > 0 and not replay_pool:
         notes.append("replay_ratio > 0 but no replay examples could be made: no replay trained")
     if not qa and not docs:

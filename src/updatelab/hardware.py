@@ -3,7 +3,7 @@
 Precision (`choose`). CPUs of the same kind of machine differ in which precision is faster:
 some run bf16 matmuls much faster than fp32, others (bf16 instructions but no AMX) slower. So
 ``auto`` is decided by measurement, not by CPU flags: for each phase (``train``, ``embed``,
-``generate``) the caller passes a callable that runs one real step of the configured model in a
+``generate``, ``shift``) the caller passes a callable that runs one real step of the configured model in a
 given precision; `choose` times it in fp32 and in bf16 (warm-up calls, then timed repeats
 alternating between the two, median) and takes the faster. The choice is cached once per machine
 in ``<cache_dir>/precision/<key>.json``, the key naming the CPU model (with its bf16/AMX flags),
@@ -47,10 +47,11 @@ CANDIDATES: dict[str, tuple[str, str]] = {
     "train": ("32-true", "bf16-mixed"),
     "embed": ("float32", "bfloat16"),
     "generate": ("float32", "bfloat16"),
+    "shift": ("float32", "bfloat16"),  # the latent-shift probe's forward passes (hidden states, logits)
 }
 _AUTOCAST_NAMES = {"none": "float32", "fp32": "float32", "float32": "float32", "bf16": "bfloat16",
                    "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
-_GPU_FALLBACK = {"train": "16-mixed", "embed": "float16", "generate": "float16"}
+_GPU_FALLBACK = {"train": "16-mixed", "embed": "float16", "generate": "float16", "shift": "float16"}
 # CPU flags that decide bf16 speed; part of the cache key, since virtual machines often report a
 # generic model name ("Intel(R) Xeon(R) Processor") for CPUs of different generations.
 _ISA_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
@@ -58,7 +59,7 @@ _ISA_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "
 
 @dataclass
 class PrecisionChoice:
-    phase: str  # train | embed | generate
+    phase: str  # train | embed | generate | shift
     precision: str  # what the phase runs with ("32-true", "bf16-mixed", "float32", "bfloat16", ...)
     timings_s: dict[str, float] = field(default_factory=dict)  # median seconds per timed step, by candidate
     cached: bool = False  # taken from the per-machine cache file (no measurement this time)

@@ -177,7 +177,8 @@ def _shift_summary(shift: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for part in ("lm", "embedder"):
         d = shift.get(part) or {}
-        out[part] = {k: d[k] for k in ("cka_mean", "cka_min", "base_weights_untouched", "has_adapter") if k in d}
+        out[part] = {k: d[k] for k in ("cka_mean", "cka_min", "base_weights_untouched", "has_adapter",
+                                       "kl_mean", "intruders_total", "delta_fro_total") if k in d}
     drift = shift.get("kb_drift") or {}
     if "changed" in drift:
         out["kb_drift"] = {"changed_mean": drift["changed"].get("mean"), "unchanged_mean": drift["unchanged"].get("mean")}

@@ -64,6 +64,7 @@ class Embedder:
         self.autocast, self.normalize, self.device = autocast, normalize, device
         self.query_prefix, self.doc_prefix = query_prefix, doc_prefix
         self.pooling = _pooling_mode(path)
+        self.tuning = ""  # set when the weights are fine-tuned (retrieval.embedder_tuning): another latent space
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code).to(device).eval()
         self.dim = int(self.model.config.hidden_size)
@@ -94,10 +95,9 @@ class Embedder:
     @property
     def fingerprint(self) -> str:
         """What produced a vector: a cached vector is valid only for the same fingerprint."""
-        key = json.dumps(
-            [self.name, self.pooling, self.max_length, self.autocast, self.normalize, self.doc_prefix],
-            sort_keys=True,
-        )
+        parts = [self.name, self.pooling, self.max_length, self.autocast, self.normalize, self.doc_prefix]
+        # Only a tuned embedder adds its tuning key, so the base embedder's cached vectors stay valid.
+        key = json.dumps(parts + [self.tuning] if self.tuning else parts, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     @torch.inference_mode()
@@ -139,16 +139,29 @@ class Embedder:
         return self.encode([self.query_prefix + q for q in queries])[0]
 
 
+class EmbeddingFingerprintError(ValueError):
+    """Vectors of one embedder asked for (or offered) under another's fingerprint."""
+
+
 class EmbeddingCache:
     """Vectors keyed by (embedder fingerprint, sha256 of text), stored as atomic npz shards.
 
     Shards (one per write) let concurrent sweep cells add vectors without locks: a shard
-    appears whole via rename or not at all.
+    appears whole via rename or not at all. Each shard also stores its fingerprint, and a cache
+    refuses (raises) rather than hand out vectors of another embedder: after the embedder is
+    tuned, the same text hash names a point of a different latent space.
     """
 
     def __init__(self, root: str | Path, fingerprint: str):
+        self.fingerprint = fingerprint
         self.dir = Path(root) / "embeddings" / fingerprint
         self._mem: dict[str, np.ndarray] | None = None
+
+    def _check(self, fingerprint: str | None, what: str) -> None:
+        if fingerprint is not None and fingerprint != self.fingerprint:
+            raise EmbeddingFingerprintError(
+                f"{what} vectors of embedder {fingerprint} in the cache of embedder {self.fingerprint}: "
+                "another embedder's vectors live in another latent space (open the cache with its fingerprint)")
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._mem is None:
@@ -156,22 +169,28 @@ class EmbeddingCache:
             if self.dir.exists():
                 for shard in sorted(self.dir.glob("*.npz")):
                     with np.load(shard) as z:
+                        if "fingerprint" in z.files:  # older shards: only the folder names the fingerprint
+                            self._check(str(z["fingerprint"]), f"shard {shard.name} holds")
                         for h, v in zip(z["hashes"], z["vectors"]):
                             self._mem[str(h)] = v
         return self._mem
 
-    def get(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+    def get(self, hashes: Sequence[str], fingerprint: str | None = None) -> dict[str, np.ndarray]:
+        """Cached vectors by hash; `fingerprint`: the embedder asking (refused unless it is the cache's)."""
+        self._check(fingerprint, "asked for")
         mem = self._load()
         return {h: mem[h] for h in hashes if h in mem}
 
-    def put(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+    def put(self, hashes: Sequence[str], vectors: np.ndarray, fingerprint: str | None = None) -> None:
+        self._check(fingerprint, "offered")
         if not len(hashes):
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256("".join(sorted(hashes)).encode()).hexdigest()[:20]
         fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=self.dir)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, hashes=np.array(list(hashes)), vectors=vectors.astype(np.float32))
+            np.savez(f, hashes=np.array(list(hashes)), vectors=vectors.astype(np.float32),
+                     fingerprint=np.array(self.fingerprint))
         os.replace(tmp, self.dir / f"{name}.npz")
         mem = self._load()
         for h, v in zip(hashes, vectors):
@@ -203,16 +222,17 @@ def embed_documents(
     shared cache is the source (building the base system once for all matched arms).
     """
     t0 = time.perf_counter()
+    fingerprint = getattr(embedder, "fingerprint", None)
     texts = [embedder.doc_prefix + t for t in texts]
     hashes = [text_hash(t) for t in texts]
     if known is not None:
         known = {h: known[h] for h in hashes if h in known}
     else:
-        known = cache.get(hashes) if cache is not None else {}
+        known = cache.get(hashes, fingerprint) if cache is not None else {}
     missing = sorted({h: i for i, h in enumerate(hashes) if h not in known}.values())
     fresh, tokens = embedder.encode([texts[i] for i in missing], progress=progress, desc=desc)
     if cache is not None:
-        cache.put([hashes[i] for i in missing], fresh)
+        cache.put([hashes[i] for i in missing], fresh, fingerprint)
     by_hash = dict(known)
     by_hash.update({hashes[i]: fresh[j] for j, i in enumerate(missing)})
     vectors = np.stack([by_hash[h] for h in hashes]).astype(np.float32) if texts else np.zeros((0, embedder.dim), np.float32)

@@ -29,6 +29,7 @@ class System:
     docs: Sequence[Document] = ()
     index: faiss.Index | None = None
     vectors: np.ndarray | None = None  # embeddings of `docs`, row for row (what the index holds)
+    vectors_fingerprint: str | None = None  # the embedder that made `vectors` (None: `embedder`)
     use_retrieval: bool = True
     kb_version: str = "v0"
 
@@ -74,12 +75,17 @@ def index_documents(
 
     With `incremental_from`, only documents whose content hash is not in that system's index
     are embedded (the honest cost of an incremental re-embed); otherwise the shared cache
-    supplies whatever it holds (building the base system, which every arm shares).
+    supplies whatever it holds (building the base system, which every arm shares). Vectors made
+    by another embedder (another fingerprint: e.g. before it was tuned) are refused, so a
+    changed embedder forces a full re-embed.
     """
-    known = None
+    known, refused = None, False
     if incremental_from is not None and incremental_from.vectors is not None:
+        made_by = incremental_from.vectors_fingerprint or incremental_from.embedder.fingerprint
+        refused = made_by != system.embedder.fingerprint
         prefix = system.embedder.doc_prefix
-        known = {text_hash(prefix + d.text): v for d, v in zip(incremental_from.docs, incremental_from.vectors)}
+        known = {} if refused else {
+            text_hash(prefix + d.text): v for d, v in zip(incremental_from.docs, incremental_from.vectors)}
     with ctx.ledger.phase("embed") as ph:
         vectors, stats = embed_documents(
             system.embedder, ctx.embedding_cache, [d.text for d in docs], progress=ctx.progress,
@@ -88,8 +94,11 @@ def index_documents(
         ph.tokens += stats.tokens
         ph.flops += forward_flops(system.embedder.n_params, stats.tokens)
         ph.extra.update(n_docs=stats.n_docs, n_embedded=stats.n_embedded, n_cached=stats.n_cached)
+        if refused:
+            ph.extra["reuse_refused"] = "the index's vectors are another embedder's: full re-embed"
     ctx.notes.setdefault("embed_stats", []).append(stats)
     with ctx.ledger.phase("index") as ph:
         index = build_index(vectors, ctx.cfg.index)
         ph.extra.update(index_bytes=index_bytes(index), index_kind=ctx.cfg.index.kind, n_vectors=int(index.ntotal))
-    return system.with_(docs=list(docs), index=index, vectors=vectors, kb_version=kb_version)
+    return system.with_(docs=list(docs), index=index, vectors=vectors, kb_version=kb_version,
+                        vectors_fingerprint=system.embedder.fingerprint)

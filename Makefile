@@ -22,10 +22,10 @@ export TOKENIZERS_PARALLELISM ?= false
 export PYTHONWARNINGS ?= ignore
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test sweep report bench clean chromium
+.PHONY: help setup run test test-cluster sweep report bench clean chromium
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ run: $(STAMP) ## Run the default matched experiment (all arms, one seed) and pri
 
 test: $(STAMP) chromium ## Run the test suite (offline, W&B disabled)
 	WANDB_MODE=disabled $(PY) -m pytest $(ARGS)
+
+# Starts munged, slurmctld and slurmd (tests/cluster/slurm_up.sh) and stops them again, also on failure.
+test-cluster: $(STAMP) ## Run the SLURM tests on a one-node cluster started here (root; installs slurm-wlm + munge with apt-get)
+	@trap tests/cluster/slurm_down.sh EXIT; tests/cluster/slurm_up.sh && WANDB_MODE=disabled $(PY) -m pytest tests/cluster -m cluster $(ARGS)
 
 # The dashboard test renders the page in headless Chromium (Debian's package).
 chromium:

@@ -234,6 +234,7 @@ def probe_for(base_model, autocast="float32"):
 
     probe = ShiftProbe.__new__(ShiftProbe)  # the wiring alone: no data, embedder or CKA states
     probe.s = OmegaConf.load("configs/shift/default.yaml")
+    probe.s.intruders.enabled = True  # opt-in by default (cost); these tests are about what it computes
     probe.base_model, probe.base_lm_fp = base_model, weights_fingerprint(base_model)
     probe.general, probe.autocast = TEXTS, autocast
     return probe

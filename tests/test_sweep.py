@@ -110,7 +110,7 @@ def test_sweep_dirs_of_runs_started_in_the_same_second_differ(tmp_path, monkeypa
     finally:
         setup_globals()  # Hydra's own `now` again
     (sweep_a, run_a), (sweep_b, run_b) = dirs
-    assert sweep_a.startswith("multirun/update_strategies/2026-01-01_00-00-00_")
+    assert sweep_a.startswith(f"{tmp_path}/multirun/update_strategies/2026-01-01_00-00-00_")
     assert sweep_a != sweep_b and run_a != run_b
 
 

@@ -1,4 +1,4 @@
-"""Specification of updatelab.metrics.cka: one behaviour per test, seeded, fast."""
+"""Specification of updatelab.metrics.cka and updatelab.metrics.cka_streaming: one behaviour per test, seeded, fast."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from updatelab.metrics.cka import LinearCKAAccumulator, MinibatchCKA, cka, cka_from_hsic
+from updatelab.metrics.cka import cka, cka_from_hsic
+from updatelab.metrics.cka_streaming import LinearCKAAccumulator, MinibatchCKA
 
 KERNEL_VARIANTS = [("linear", False), ("linear", True), ("rbf", False), ("rbf", True)]
 

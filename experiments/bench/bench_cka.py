@@ -90,7 +90,7 @@ def make_activations(layers: int, n: int, hidden: int, seed: int) -> tuple[torch
 
 
 def run_minibatch(a: torch.Tensor, b: torch.Tensor, batch_size: int, gram_dtype=torch.float64) -> dict:
-    from updatelab.metrics.cka import MinibatchCKA
+    from updatelab.metrics.cka_streaming import MinibatchCKA
 
     acc = MinibatchCKA(gram_dtype=gram_dtype)
     for start in range(0, a.shape[1], batch_size):
@@ -106,7 +106,7 @@ def run_minibatch_f32(a: torch.Tensor, b: torch.Tensor, batch_size: int) -> dict
 
 
 def run_linear_stream(a: torch.Tensor, b: torch.Tensor, batch_size: int) -> dict:
-    from updatelab.metrics.cka import LinearCKAAccumulator
+    from updatelab.metrics.cka_streaming import LinearCKAAccumulator
 
     acc = LinearCKAAccumulator(pairs="diagonal")
     for start in range(0, a.shape[1], batch_size):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from updatelab.metrics.cka import LinearCKAAccumulator, MinibatchCKA
+from updatelab.metrics.cka_streaming import LinearCKAAccumulator, MinibatchCKA
 from updatelab.models.lm import autocast_context
 
 GENERAL_TEXT = Path(__file__).with_name("general_text.txt")

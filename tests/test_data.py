@@ -17,7 +17,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from updatelab.data import load as load_mod  # noqa: E402
-from updatelab.data import synthetic  # noqa: E402
+from updatelab.data import synthetic, synthetic_vocab  # noqa: E402
 from updatelab.data.load import load_update  # noqa: E402
 from updatelab.data.schema import SPLITS, DatasetSchemaError  # noqa: E402
 from updatelab.data.update import Document, KnowledgeUpdate, Question  # noqa: E402
@@ -73,7 +73,7 @@ def edit_row(**changes):
 # --- the generator ----------------------------------------------------------------------------
 
 def test_vocabulary_invariants():
-    synthetic.check_vocabulary()  # unique, non-overlapping values; >= 20 values, >= 4/2/2 templates
+    synthetic_vocab.check_vocabulary()  # unique, non-overlapping values; >= 20 values, >= 4/2/2 templates
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -91,7 +91,7 @@ def test_different_seed_gives_different_files(tmp_path):
 
 
 def test_counts_match_parameters(update, gen_dir):
-    n_people, n_new, n_attr, spd = 100, 20, len(synthetic.ATTRIBUTES), 2
+    n_people, n_new, n_attr, spd = 100, 20, len(synthetic_vocab.ATTRIBUTES), 2
     chunks = -(-n_attr // spd)
     assert len(update.kb_v0) == n_people * chunks
     assert len(update.kb_v1) == (n_people + n_new) * chunks
@@ -102,7 +102,7 @@ def test_counts_match_parameters(update, gen_dir):
     assert len(update.changed_doc_ids()) == n_edit + n_new * chunks
     assert len(update.train_docs) == 5 * (n_people + n_new)
     demo_people = (n_edit - n_eval_edit) + (n_new - n_eval_new)
-    assert len(update.train_qa) == demo_people * sum(len(a.train_questions) for a in synthetic.ATTRIBUTES)
+    assert len(update.train_qa) == demo_people * sum(len(a.train_questions) for a in synthetic_vocab.ATTRIBUTES)
     meta = json.loads((gen_dir / "meta.json").read_text())
     assert meta["counts"]["questions"] == counts and meta["counts"]["edited_people"] == n_edit
 
@@ -155,8 +155,8 @@ def test_paraphrased_questions_share_facts_not_templates(update):
     upd, par = splits["updated"], splits["paraphrased"]
     fact = lambda q: (q.entity, q.attribute, q.answer, q.doc_id)  # noqa: E731
     assert Counter(map(fact, upd)) == Counter(map(fact, par))
-    base = {t for a in synthetic.ATTRIBUTES for t in a.questions}
-    para = {t for a in synthetic.ATTRIBUTES for t in a.paraphrases}
+    base = {t for a in synthetic_vocab.ATTRIBUTES for t in a.questions}
+    para = {t for a in synthetic_vocab.ATTRIBUTES for t in a.paraphrases}
     assert not base & para
     template = lambda q: q.question.replace(q.entity, "{name}")  # noqa: E731
     assert all(template(q) in base for q in upd + splits["unchanged"])
@@ -377,7 +377,7 @@ def test_unknown_source_and_missing_files_are_clear(small, tmp_path):
 def test_qa_templates_limits_demo_questions_per_attribute(tmp_path):
     one = load_update(synthetic.generate(tmp_path / "one", seed=0, qa_templates=1, **SMALL))
     both = load_update(synthetic.generate(tmp_path / "both", seed=0, **SMALL))
-    per_fact = len(synthetic.ATTRIBUTES[0].train_questions)
+    per_fact = len(synthetic_vocab.ATTRIBUTES[0].train_questions)
     assert len(one.train_qa) == len(both.train_qa) // per_fact == len({(q.entity, q.attribute) for q in both.train_qa})
     assert {q.question for q in one.train_qa} < {q.question for q in both.train_qa}
     with pytest.raises(ValueError, match="qa_templates"):

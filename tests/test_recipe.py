@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from updatelab.data import synthetic
+from updatelab.data import synthetic_vocab
 from updatelab.data.load import load_update
 from updatelab.data.synthetic import ensure_generated, general_qa
 from updatelab.models.lm import PromptBuilder
@@ -51,13 +51,13 @@ def _pattern(template: str) -> re.Pattern:
 # -- leakage ----------------------------------------------------------------------------------
 
 def test_training_templates_are_disjoint_from_evaluation_templates_per_attribute():
-    for a in synthetic.ATTRIBUTES:
+    for a in synthetic_vocab.ATTRIBUTES:
         assert len(a.train_questions) >= 4
         assert not set(a.train_questions + a.reverse) & set(a.questions + a.paraphrases), a.name
 
 
 def test_no_training_question_is_worded_like_an_evaluation_question(update):
-    eval_patterns = [_pattern(t) for a in synthetic.ATTRIBUTES for t in a.questions + a.paraphrases]
+    eval_patterns = [_pattern(t) for a in synthetic_vocab.ATTRIBUTES for t in a.questions + a.paraphrases]
     for qa in (*update.inject_qa, *update.train_qa):
         assert not any(p.match(qa.question) for p in eval_patterns), qa.question
 

@@ -73,7 +73,7 @@ def test_explicit_values_are_honoured_without_measuring(phase, value):
 
 def test_explicit_values_pass_through_the_phase_entry_points():
     from updatelab.models.lm import generation_autocast
-    from updatelab.training.train import resolve_precision
+    from updatelab.training.trainer_setup import resolve_precision
 
     assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
     assert resolve_precision("32-true", "cpu") == "32-true"
@@ -142,7 +142,7 @@ def test_training_auto_times_a_real_lora_step(tiny_lm, slow_bf16, expected):
 
     from updatelab.training.datamodule import LoraDataModule
     from updatelab.training.examples import TrainExample
-    from updatelab.training.train import ADAPTER_DEFAULTS, build_lora_config, resolve_precision
+    from updatelab.training.trainer_setup import ADAPTER_DEFAULTS, build_lora_config, resolve_precision
 
     model, tok = tiny_lm
     examples = [TrainExample(prompt="", completion=f"Person {i} was born in city number {i * 7}.") for i in range(12)]

@@ -126,7 +126,8 @@ def worker_ours(p: dict) -> dict:
     from updatelab.metrics.cost import lora_train_flops, non_embedding_params
     from updatelab.models.lm import load_lm
     from updatelab.training.examples import TrainExample
-    from updatelab.training.train import resolve_precision, train_lora
+    from updatelab.training.train import train_lora
+    from updatelab.training.trainer_setup import resolve_precision
 
     bl.set_threads(p["threads"])
     model, tok = load_lm(str(bl.LM_PATH), {"dtype": "float32"})

@@ -19,20 +19,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from updatelab.data.overlap import warn_near_copies
+from updatelab.data.rows_io import HubLocator, LocalLocator, Locator, Rows, read_jsonl, validate_rows
 from updatelab.data.schema import (
     DEV_SPLIT,
     FILE_KIND,
     FILE_NAMES,
     OPTIONAL_FILES,
     REQUIRED_FILES,
-    HubLocator,
-    LocalLocator,
-    Locator,
-    Rows,
     check_update,
     normalize_row,
-    read_jsonl,
-    validate_rows,
 )
 from updatelab.data.update import Document, KnowledgeUpdate, QAPair, Question, TrainDoc, compute_fingerprint
 

@@ -40,14 +40,17 @@ ignored, as `datasets` ignores them):
 Keys not listed above are an error (they would mostly be typos of optional keys). The first
 problem found stops loading with a :class:`DatasetSchemaError` that names the file, the 1-based
 line (or, for the hub, the file key and row index) and what is wrong.
+
+Reading, locating and writing rows are in :mod:`updatelab.data.rows_io`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+if TYPE_CHECKING:  # rows_io imports this module at run time
+    from updatelab.data.rows_io import Locator, Rows
 
 SPLITS: tuple[str, ...] = ("updated", "paraphrased", "portability", "unchanged", "general")  # portability: zsRE multi-hop
 """Question splits, in report order."""
@@ -213,103 +216,6 @@ def row_key(kind: str, row: Mapping[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# Locations: where a row came from, for error messages
-# --------------------------------------------------------------------------------------------
-
-class Locator:
-    """Turns (file key, position) into a :class:`DatasetSchemaError`."""
-
-    def error(self, key: str, pos: int | None, problem: str) -> DatasetSchemaError:  # pragma: no cover
-        raise NotImplementedError
-
-    def describe(self, key: str, pos: int) -> str:  # "line 3" / "row 2"
-        raise NotImplementedError  # pragma: no cover
-
-
-class LocalLocator(Locator):
-    """Positions are 1-based line numbers in local files."""
-
-    def __init__(self, files: Mapping[str, Path]):
-        self.files = dict(files)
-
-    def error(self, key: str, pos: int | None, problem: str) -> DatasetSchemaError:
-        path = str(self.files[key])
-        where = path if pos is None else f"{path}, line {pos}"
-        return DatasetSchemaError(where, problem, file=path, line=pos)
-
-    def describe(self, key: str, pos: int) -> str:
-        return f"line {pos}"
-
-
-class HubLocator(Locator):
-    """Positions are 0-based row indices of the rows `datasets` returned for a file key."""
-
-    def __init__(self, repo_id: str, data_files: Mapping[str, Any]):
-        self.repo_id, self.data_files = repo_id, dict(data_files)
-
-    def error(self, key: str, pos: int | None, problem: str) -> DatasetSchemaError:
-        where = f"hub dataset {self.repo_id!r}, file {key!r} ({self.data_files.get(key)})"
-        if pos is not None:
-            where += f", row {pos}"
-        return DatasetSchemaError(where, problem, file=key, row=pos)
-
-    def describe(self, key: str, pos: int) -> str:
-        return f"row {pos}"
-
-
-Rows = list[tuple[int, dict[str, Any]]]
-"""Validated rows of one file: (position, canonical row)."""
-
-
-def validate_rows(key: str, rows: Iterable[tuple[int, Any]], loc: Locator) -> Rows:
-    """Normalize each (position, parsed object) of file `key` and check unique ids."""
-    kind = FILE_KIND[key]
-    out: Rows = []
-    seen: dict[Any, int] = {}
-    for pos, obj in rows:
-        try:
-            row = normalize_row(kind, obj)
-        except RowProblem as e:
-            raise loc.error(key, pos, str(e)) from None
-        uk = row_key(kind, row)
-        if uk is not None:
-            name, value = uk
-            if value in seen:
-                raise loc.error(key, pos, f"duplicate {name} {value!r} (first on {loc.describe(key, seen[value])})")
-            seen[value] = pos
-        out.append((pos, row))
-    return out
-
-
-def read_jsonl(path: str | Path, key: str, loc: Locator | None = None) -> Rows:
-    """Fast line-by-line pass over a local JSONL file: ``json.loads`` and check every line.
-
-    Returns [(1-based line number, canonical row)] for the non-blank lines.
-    """
-    path = Path(path)
-    loc = loc or LocalLocator({key: path})
-
-    def parsed() -> Iterable[tuple[int, Any]]:
-        with open(path, "rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise loc.error(key, lineno, f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-                if lineno == 1:
-                    line = line.lstrip("\ufeff")
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise loc.error(key, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-                yield lineno, obj
-
-    return validate_rows(key, parsed(), loc)
-
-
 def check_update(rows: Mapping[str, Rows], loc: Locator) -> None:
     """Checks across files (all rows already valid on their own)."""
     for key in ("kb_v1", "questions"):
@@ -386,20 +292,3 @@ def _norm_text(text: str) -> str:
 
 def _ordered(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
-
-
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-
-def dumps_row(row: Mapping[str, Any]) -> str:
-    """One JSONL line (without newline), in the canonical byte form every writer uses."""
-    return json.dumps(row, ensure_ascii=False)
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(dumps_row(row))
-            f.write("\n")
-

@@ -60,7 +60,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from updatelab.data.schema import FILE_NAMES, META_FILE, SPLITS, write_jsonl
+from updatelab.data.rows_io import write_jsonl
+from updatelab.data.schema import FILE_NAMES, META_FILE, SPLITS
 from updatelab.data.synthetic_vocab import (
     _ATTR,
     ATTRIBUTE_NAMES,

@@ -13,7 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from updatelab.data.schema import DEV_SPLIT, FILE_NAMES, OPTIONAL_FILES, SPLITS, dumps_row, write_jsonl
+from updatelab.data.rows_io import dumps_row, write_jsonl
+from updatelab.data.schema import DEV_SPLIT, FILE_NAMES, OPTIONAL_FILES, SPLITS
 
 
 @dataclass(frozen=True)

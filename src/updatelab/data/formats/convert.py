@@ -20,7 +20,8 @@ from typing import Any, Callable
 from updatelab.data.formats import counterfact, tofu, zsre
 from updatelab.data.formats.common import Converted
 from updatelab.data.formats.read import Source, hub_records, local_source, parse_local
-from updatelab.data.schema import FILE_NAMES, LocalLocator, check_update, read_jsonl, write_jsonl
+from updatelab.data.rows_io import LocalLocator, read_jsonl, write_jsonl
+from updatelab.data.schema import FILE_NAMES, check_update
 
 CONVERTERS: dict[str, Callable[..., Converted]] = {
     "counterfact": counterfact.convert,

@@ -235,6 +235,17 @@ def validate(cfg: DictConfig) -> None:
     _num(cfg, f"{s}.replay_ratio", 0)
     _int(cfg, f"{s}.qa_per_fact", 1, nullable=True)
     _num(cfg, f"{s}.raft_gold_p", 0, 1)
+    g = "qa_generator"  # inject_qa written by a model when the data has none (data/qa_generation.py)
+    _choice(cfg, f"{g}.source", ("none", "base_lm", "hub", "local"))
+    if _get(cfg, f"{g}.source") in ("hub", "local"):
+        p = _get(cfg, f"{g}.path")
+        if p in (None, _MISSING, "???"):
+            raise ConfigError(f"{g}.path", f"required with {g}.source={_get(cfg, f'{g}.source')} (a hub id or a folder)")
+        if _get(cfg, f"{g}.source") == "local" and not Path(str(p)).exists():
+            raise ConfigError(f"{g}.path", f"{p} does not exist")
+    for key in ("questions_per_doc", "max_new_tokens", "max_answer_words", "batch_size"):
+        _int(cfg, f"{g}.{key}", 1)
+    _int(cfg, f"{g}.seed")
     a = "adapter"
     _choice(cfg, f"{a}.method", ("lora", "full"))
     _int(cfg, f"{a}.r", 1)

@@ -25,8 +25,10 @@ log = logging.getLogger("updatelab")
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
-# Groups every arm shares; a strategy adds the groups it uses (LoRA: adapter, trainer).
+# Groups every arm shares; a strategy adds the groups it uses (LoRA: adapter, trainer, qa_generator).
 SHARED_KEYS = ("name", "seed", "model", "embedder", "data", "index", "eval", "shift")
+# Groups added after results existed: at this option they do nothing, and leave a cell's run id as it was.
+INERT_OPTIONS = {"qa_generator": "none"}
 
 def _project_root() -> str:
     """UPDATELAB_ROOT if set, else the directory the command was started in (Hydra keeps cwd)."""
@@ -44,6 +46,7 @@ def cell_config(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import get_class
 
     keys = list(SHARED_KEYS) + ["strategy"] + list(getattr(get_class(cfg.strategy._target_), "config_groups", ()))
+    keys = [k for k in keys if k not in INERT_OPTIONS or OmegaConf.select(cfg, f"{k}.name") not in (None, INERT_OPTIONS[k])]
     out = {k: OmegaConf.to_container(cfg[k], resolve=True) if isinstance(cfg[k], DictConfig) else cfg[k] for k in keys}
     if cfg.data.source == "synthetic":  # the same parameters make other files after a generator change
         from updatelab.data.synthetic import GENERATOR_VERSION

@@ -80,7 +80,8 @@ class Lora(Recipe, Strategy):
     reuse_adapter: bool = True  # an identical training (same data, config, seed) is done once per cache
     adapter_overrides: dict = field(default_factory=dict)  # adapter keys this arm sets (full_ft: method, lr)
 
-    config_groups: ClassVar[tuple[str, ...]] = ("adapter", "trainer")
+    # qa_generator: part of the cell only when it names a model (updatelab.run.cell_config).
+    config_groups: ClassVar[tuple[str, ...]] = ("adapter", "trainer", "qa_generator")
 
     def recipe(self) -> Recipe:
         return Recipe(**{f.name: getattr(self, f.name) for f in fields(Recipe)})
@@ -106,8 +107,14 @@ class Lora(Recipe, Strategy):
     def training_data(self, base: System, update: KnowledgeUpdate, ctx: RunContext, builder: PromptBuilder,
                       reader: System | None) -> TrainingData:
         """The recipe's examples; `reader` (a system with a KB v1 index) supplies passages for a
-        retrieval arm's replay and RAFT examples."""
+        retrieval arm's replay and RAFT examples. An update without inject_qa gets the QA that
+        ``qa_generator`` writes about its changed documents (none by default; only these arms pay)."""
         recipe = self.recipe()
+        qa_source: dict[str, Any] = {"source": "file" if update.inject_qa else "none"}
+        if recipe.inject_qa and not update.inject_qa:
+            from updatelab.data.qa_generation import with_inject_qa
+
+            update, qa_source = with_inject_qa(update, ctx.cfg, base.lm, base.tokenizer)
         k = int(ctx.cfg.eval.top_k)
         retrieve = (lambda texts: ranked_doc_ids(reader, texts, k + 1)) if reader is not None else None
         pool: list[TrainExample] = []
@@ -122,6 +129,13 @@ class Lora(Recipe, Strategy):
             log.info("replay: %d self-generated answers of the base model%s", len(pool), " (cached)" if cached else "")
         data = build_training_data(update, base.tokenizer, builder, recipe, replay_pool=pool, retriever=retrieve,
                                    top_k=k, seed=ctx.seed)
+        data.inject_qa_source = qa_source["source"]
+        gen = qa_source.get("generation")
+        if gen is not None:
+            data.inject_qa_generation = gen
+            if not gen["kept"]:
+                data.notes.append(f"qa_generator {gen['model']} kept none of its {gen['parsed']} parsed QA pairs "
+                                  f"(dropped: {gen['dropped_by_reason'] or 'nothing parsed'})")
         for note in data.notes:
             log.warning("%s", note)
         return data

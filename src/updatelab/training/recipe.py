@@ -66,10 +66,19 @@ class TrainingData:
     examples: list[TrainExample]
     counts: dict[str, int] = field(default_factory=dict)  # what actually went in, by source
     notes: list[str] = field(default_factory=list)  # options that had nothing to work on
+    # Where the update's inject_qa came from: "file" (the user's or the generator's inject_qa.jsonl),
+    # "generated:<model>" (updatelab.data.qa_generation: `inject_qa_generation` says what it kept
+    # and dropped) or "none".
+    inject_qa_source: str = "none"
+    inject_qa_generation: dict | None = None
 
     def record(self, recipe: Recipe) -> dict:
         """What ran, for the results file: the options and the example counts they produced."""
-        return {"recipe": asdict(recipe), "counts": dict(self.counts), "notes": list(self.notes)}
+        out = {"recipe": asdict(recipe), "counts": dict(self.counts), "notes": list(self.notes),
+               "inject_qa_source": self.inject_qa_source}
+        if self.inject_qa_generation is not None:
+            out["inject_qa_generation"] = dict(self.inject_qa_generation)
+        return out
 
 
 def document_texts(update: KnowledgeUpdate, recipe: Recipe) -> list[str]:
@@ -181,4 +190,4 @@ def build_training_data(update: KnowledgeUpdate, tokenizer, builder: PromptBuild
               "demo_qa": sum(p in demo for p in pairs) if recipe.demo_qa else 0,
               "replay": n_replay, "replay_distinct": len(replay_pool) if recipe.replay_ratio > 0 else 0,
               "raft_with_gold": n_gold if recipe.raft else 0, "stages": len(stages), "examples": len(examples)}
-    return TrainingData(examples, counts, notes)
+    return TrainingData(examples, counts, notes, inject_qa_source="file" if update.inject_qa else "none")

@@ -94,13 +94,16 @@ def test_answers_must_be_short_spans_of_the_document(update):
            (doc, "What is Mara Quill's job?", "Mara Quill's profession is chemistry."),  # not in the document
            (doc, "Where was Mara Quill born?", "Bergen"),  # not in the document
            (doc, "What do we know?", "Mara Quill works at Brightwater Labs. Mara Quill was born in Oslo"),
+           (doc, "What about Mara Quill?", "Mara Quill was born in Oslo."),  # restates a sentence
+           (doc, "Mara Quill works at which company", "Brightwater Labs"),  # no question mark
            (doc, "Is Mara Quill born in Oslo?", "Oslo"),  # the question gives it away
            (doc, "Which company employs Mara Quill today?", "Brightwater Labs"),  # duplicate
            (doc, "Brightwater Labs employs whom?", "Brightwa")]  # not on a word boundary
     kept, dropped = filter_pairs(raw, update, per_doc=5, max_answer_words=8)
     assert [(p.question, p.answer, p.doc_id, p.entity) for p in kept] == [
         ("Which company employs Mara Quill today?", "brightwater labs.", "d0", "Mara Quill")]
-    assert dropped == {"answer_not_in_document": 3, "answer_too_long": 1, "answer_in_question": 1, "duplicate": 1}
+    assert dropped == {"answer_not_in_document": 3, "answer_too_long": 1, "answer_is_a_sentence": 1,
+                       "not_a_question": 1, "answer_in_question": 1, "duplicate": 1}
 
 
 def test_leakage_filter_drops_evaluation_questions_and_near_copies(update):
@@ -125,7 +128,7 @@ def test_dev_questions_are_held_out_too_and_per_doc_caps(update):
     doc = update.doc("d0")
     raw = [(doc, "Which company employs Mara Quill today?", "Brightwater Labs"),
            (doc, "In which city was Mara Quill born?", "Oslo"), (doc, "Mara Quill's employer is?", "Brightwater Labs"),
-           (doc, "Name Mara Quill's birthplace.", "Oslo")]
+           (doc, "What is Mara Quill's birthplace?", "Oslo")]
     kept, dropped = filter_pairs(raw, with_dev, per_doc=2, max_answer_words=8)
     assert [p.question for p in kept] == ["In which city was Mara Quill born?", "Mara Quill's employer is?"]
     assert dropped == {"evaluation_question": 1, "over_per_doc": 1}
@@ -212,6 +215,16 @@ def test_only_fine_tuning_cells_name_a_generator(compose_cfg):
     assert cell_config(compose_cfg("strategy=lora", "qa_generator=base_lm"))["qa_generator"]["source"] == "base_lm"
     assert "qa_generator" not in cell_config(compose_cfg("strategy=reembed", "qa_generator=base_lm"))
     assert cell_config(compose_cfg("strategy=stale", "qa_generator=base_lm")) == cell_config(compose_cfg("strategy=stale"))
+
+
+def test_a_hub_generator_needs_a_model_before_anything_loads(compose_cfg):
+    from updatelab.config_check import ConfigError, validate
+
+    validate(compose_cfg("strategy=lora", "qa_generator=hub", "qa_generator.path=org/some-instruct-model"))
+    with pytest.raises(ConfigError, match="qa_generator.path"):
+        validate(compose_cfg("strategy=lora", "qa_generator=hub"))
+    with pytest.raises(ConfigError, match="qa_generator.questions_per_doc"):
+        validate(compose_cfg("strategy=lora", "qa_generator=base_lm", "qa_generator.questions_per_doc=0"))
 
 
 # -- end to end, with the embedded LM -----------------------------------------------------------------

@@ -8,8 +8,9 @@ question/answer pairs about it; those that pass the filters become the update's 
 
 1. **parse**: ``Q: ...`` / ``A: ...`` pairs (``Question:``/``Answer:``, numbering, one line or two);
    anything else in the output is skipped, a question without an answer is ``malformed``;
-2. **grounded**: the answer (SQuAD-normalised) occurs in the document on word boundaries, is at
-   most ``max_answer_words`` long and not already in the question;
+2. **grounded**: the question ends with "?"; the answer (SQuAD-normalised) occurs in the document
+   on word boundaries, is at most ``max_answer_words`` long, is not a whole sentence of the
+   document (a restated text teaches no fact) and is not already in the question;
 3. **no leak**: not an evaluation or dev question (normalised text), nor a near copy of one --
    the rule of :mod:`updatelab.data.overlap` (word 3-grams, names masked, Jaccard >= 0.5) that
    the loader warns about for a user-written file is a hard filter here, since no person wrote it;
@@ -41,14 +42,18 @@ from updatelab.io import atomic_write_text
 log = logging.getLogger("updatelab")
 
 SOURCES = ("none", "base_lm", "hub", "local")
-VERSION = 1  # of the prompt, parser and filters: part of the cache key
+VERSION = 2  # of the prompt, parser and filters: part of the cache key
 
 SYSTEM_PROMPT = "You write quiz questions about a text. Every answer is a few words copied from the text."
 USER_PROMPT = ("Text: {document}\n\nWrite {n} questions about this text, each with its answer, in this format:\n"
                "Q: <question>\nA: <answer>")
+# One worked example as an earlier turn of the chat: without it the small default model tends to
+# echo the text as its "question". A made-up person, so that nothing of it can be an answer.
+EXAMPLE_DOCUMENT = "Ada Park teaches music in Lima. Ada Park was born in Quito."
+EXAMPLE_OUTPUT = "Q: Which subject does Ada Park teach?\nA: music\nQ: In which city was Ada Park born?\nA: Quito"
 
-DROP_REASONS = ("malformed", "answer_not_in_document", "answer_too_long", "answer_in_question", "duplicate",
-                "evaluation_question", "near_evaluation_question", "over_per_doc")
+DROP_REASONS = ("malformed", "not_a_question", "answer_not_in_document", "answer_too_long", "answer_is_a_sentence",
+                "answer_in_question", "duplicate", "evaluation_question", "near_evaluation_question", "over_per_doc")
 
 Generate = Callable[[Sequence[str]], list[str]]
 """Document texts -> the model's raw outputs for them, in order (it renders its own prompts)."""
@@ -181,13 +186,20 @@ def _norm_question(text: str) -> str:
     return " ".join(text.casefold().split())  # as the loader compares training and evaluation questions
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
 def _grounded(question: str, answer: str, document: str, max_words: int) -> str | None:
     """The drop reason, or None when `answer` is a short span of `document` not given away by `question`."""
+    if not question.rstrip().endswith("?"):
+        return "not_a_question"
     a = _norm(answer)
     if not a or f" {a} " not in f" {_norm(document)} ":
         return "answer_not_in_document"
     if len(a.split()) > max_words:
         return "answer_too_long"
+    if a in {_norm(sentence) for sentence in _SENTENCE_END.split(document)}:
+        return "answer_is_a_sentence"
     if f" {a} " in f" {_norm(question)} ":
         return "answer_in_question"
     return None
@@ -236,6 +248,8 @@ def filter_pairs(raw: Sequence[tuple[Document, str, str]], update: KnowledgeUpda
 
 def render_prompt(tokenizer, document: str, n: int) -> str:
     messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": USER_PROMPT.format(document=EXAMPLE_DOCUMENT, n=2)},
+                {"role": "assistant", "content": EXAMPLE_OUTPUT},
                 {"role": "user", "content": USER_PROMPT.format(document=document, n=n)}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -274,7 +288,7 @@ def greedy_generator(model, tokenizer, n: int, max_new_tokens: int, batch_size: 
 
 def cache_key(update: KnowledgeUpdate, model_id: str, options: GeneratorOptions) -> str:
     payload = {"update": update.fingerprint, "model": model_id, "options": options.key_options(), "version": VERSION,
-               "prompt": [SYSTEM_PROMPT, USER_PROMPT]}
+               "prompt": [SYSTEM_PROMPT, USER_PROMPT, EXAMPLE_DOCUMENT, EXAMPLE_OUTPUT]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

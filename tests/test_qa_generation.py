@@ -258,6 +258,8 @@ def test_the_embedded_lm_writes_inject_qa_for_the_lora_arm(tmp_path, compose_cfg
     assert record["inject_qa_source"] == "generated:smollm2-135m-instruct"
     assert gen["documents"] == 2 and gen["parsed"] >= 1  # the model follows the Q:/A: format
     assert gen["kept"] + gen["dropped"] >= gen["parsed"] and record["counts"]["inject_qa"] == gen["kept"]
+    # Generated QA adds to the changed documents, it does not replace them.
+    assert record["counts"]["documents"] == 2 and any("trained on as well" in n for n in record["notes"])
     path = Path(gen["path"])
     assert path.is_relative_to(tmp_path / "cache") and not (folder / "inject_qa.jsonl").exists()
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -286,8 +286,10 @@ def greedy_generator(model, tokenizer, n: int, max_new_tokens: int, batch_size: 
     return run
 
 
-def cache_key(update: KnowledgeUpdate, model_id: str, options: GeneratorOptions) -> str:
+def cache_key(update: KnowledgeUpdate, model_id: str, options: GeneratorOptions,
+              model_config: Mapping[str, Any] | None = None) -> str:
     payload = {"update": update.fingerprint, "model": model_id, "options": options.key_options(), "version": VERSION,
+               "model_config": dict(model_config) if model_config else None,
                "prompt": [SYSTEM_PROMPT, USER_PROMPT, EXAMPLE_DOCUMENT, EXAMPLE_OUTPUT]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -299,11 +301,14 @@ def _read_cached(path: Path) -> tuple[tuple[QAPair, ...], dict[str, Any]]:
 
 
 def generate_inject_qa(update: KnowledgeUpdate, options: GeneratorOptions, model_id: str,
-                       make_generator: Callable[[], Generate], cache_dir: str | Path) -> GenerationResult:
+                       make_generator: Callable[[], Generate], cache_dir: str | Path,
+                       model_config: Mapping[str, Any] | None = None) -> GenerationResult:
     """Generate (or load from the cache) QA pairs about `update`'s changed documents.
 
-    `make_generator` is called only on a cache miss, so a cached run loads no generator model."""
-    key = cache_key(update, model_id, options)
+    `make_generator` is called only on a cache miss, so a cached run loads no generator model.
+    `model_config`: what else identifies the model besides `model_id` (the experiment's
+    ``model`` block for ``base_lm``), for the cache key."""
+    key = cache_key(update, model_id, options, model_config)
     folder = Path(cache_dir) / "inject_qa" / key
     path = folder / "inject_qa.jsonl"
     if path.is_file() and (folder / "meta.json").is_file():
@@ -362,8 +367,10 @@ def with_inject_qa(update: KnowledgeUpdate, cfg, base_lm=None, base_tokenizer=No
         return update, {"source": "none"}
 
     n, new, bs, seed = options.questions_per_doc, options.max_new_tokens, options.batch_size, options.seed
+    model_config = None
     if options.source == "base_lm":
         model_id = str(cfg.model.name)
+        model_config = OmegaConf.to_container(cfg.model, resolve=True) if OmegaConf.is_config(cfg.model) else cfg.model
 
         def make_generator() -> Generate:
             if base_lm is None or base_tokenizer is None:
@@ -382,7 +389,7 @@ def with_inject_qa(update: KnowledgeUpdate, cfg, base_lm=None, base_tokenizer=No
             lm, tok = load_lm(resolve_lm(mcfg, cfg.paths.cache_dir), mcfg, device=str(cfg.get("device", "cpu")))
             return greedy_generator(lm, tok, n, new, bs, seed)
 
-    result = generate_inject_qa(update, options, model_id, make_generator, cfg.paths.cache_dir)
+    result = generate_inject_qa(update, options, model_id, make_generator, cfg.paths.cache_dir, model_config)
     if result.pairs:
         update = replace(update, inject_qa=result.pairs)  # the fingerprint stays the user's data's
     return update, {"source": f"generated:{model_id}", "generation": result.record()}

@@ -42,8 +42,11 @@ run: $(STAMP) ## Run the default matched experiment (all arms, one seed) and pri
 	$(PY) -m updatelab.run -m strategy=$(ARMS) $(ARGS)
 	$(PY) -m updatelab.report.table --experiment $(call name_in_args,default)
 
-test: $(STAMP) chromium ## Run the test suite (offline, W&B disabled)
-	WANDB_MODE=disabled $(PY) -m pytest $(ARGS)
+# Test files run in parallel, each whole in one worker (its module fixtures run once): most tests
+# drive single-threaded subprocesses, so a worker per core, up to 4, keeps every core busy.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+test: $(STAMP) chromium ## Run the test suite (offline, W&B disabled; TEST_WORKERS=1 for one process)
+	WANDB_MODE=disabled $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Starts munged, slurmctld and slurmd (tests/cluster/slurm_up.sh) and stops them again, also on failure.
 test-cluster: $(STAMP) ## Run the SLURM tests on a one-node cluster started here (root; installs slurm-wlm + munge with apt-get)

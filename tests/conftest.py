@@ -7,6 +7,11 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Under pytest-xdist the workers share the cores: one torch thread pool each of all cores would
+# oversubscribe them (set before torch is imported; subprocesses inherit it).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 import pytest  # noqa: E402
 
@@ -14,6 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 # The converted model and cached embeddings are shared with `make run`: the conversion is a
 # one-off ~30 s, not something every test session should pay.
 SHARED_CACHE = REPO / ".cache" / "updatelab"
+
+
+def own_cache(root: Path) -> Path:
+    """``root/cache``: adapters, embeddings and probe states of its own (so a test really trains and
+    embeds), sharing the converted LM and the per-machine precision choices (measuring those is not
+    what such a test is about)."""
+    cache = root / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    for shared in ("models", "precision"):
+        (SHARED_CACHE / shared).mkdir(parents=True, exist_ok=True)
+        (cache / shared).symlink_to(SHARED_CACHE / shared, target_is_directory=True)
+    return cache
 
 
 @pytest.fixture

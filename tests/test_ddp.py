@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import SHARED_CACHE
+from conftest import SHARED_CACHE, own_cache
 
 LORA_DDP = [
     "strategy=lora", "trainer=ddp_cpu", "data=tiny", "name=ddp",
@@ -28,17 +28,9 @@ LORA_DDP = [
 ]
 
 
-def _private_cache(tmp_path: Path) -> Path:
-    """A cache of its own (so the adapter is really trained, not reused), sharing the converted LM."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    (cache / "models").symlink_to(SHARED_CACHE / "models", target_is_directory=True)
-    return cache
-
-
 def _run(tmp_path: Path, *args: str, timeout: int = 280) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "UPDATELAB_ROOT": str(tmp_path), "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
-    cache = _private_cache(tmp_path)
+    cache = own_cache(tmp_path)
     cmd = [sys.executable, "-m", "updatelab.run", *args, *LORA_DDP,
            f"paths.cache_dir={cache}", f"paths.data_dir={tmp_path / 'data'}"]
     t0 = time.perf_counter()

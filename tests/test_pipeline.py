@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import own_cache
 from updatelab.run import run_cell
 
 TINY = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "threads=1"]
@@ -129,9 +130,7 @@ def tiny_lora(tmp_path_factory, converted_lm):
     mp = pytest.MonkeyPatch()
     mp.setenv("UPDATELAB_ROOT", str(root))
     cfg = _tiny_lora_cfg(root, "lora")
-    # The converted model is shared; everything else (adapters, probe states) is private to this test.
-    (root / "cache" / "models").mkdir(parents=True)
-    (root / "cache" / "models" / "smollm2-135m-instruct").symlink_to(converted_lm)
+    own_cache(root)
     rec = run_cell(cfg, out_dir=root / "out")
     yield rec, root
     mp.undo()

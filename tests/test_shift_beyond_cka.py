@@ -113,6 +113,31 @@ def test_next_token_kl_matches_a_direct_computation_and_ignores_padding():
     assert got["kl_per_layer"][-1] == pytest.approx(got["kl_mean"], rel=1e-12)  # the last block's reading is the output
 
 
+def test_the_logit_lens_on_a_token_subset_reads_every_kth_real_token_and_the_mean_stays_exact():
+    base, other, tok = tiny_llama(0), tiny_llama(1), CharTokenizer()
+    full = klm.next_token_kl(klm.LMSide(base), klm.LMSide(other), tok, TEXTS, batch_size=3)
+    n = sum(len(t) for t in TEXTS)
+    k = -(-n // 5)
+    sub = klm.next_token_kl(klm.LMSide(base), klm.LMSide(other), tok, TEXTS, batch_size=3, lens_tokens=5)
+    assert sub["kl_mean"] == pytest.approx(full["kl_mean"], rel=1e-9) and sub["kl_n_tokens"] == n
+    assert sub["kl_lens_tokens"] == len(range(0, n, k)) <= 5
+    # the same positions one text at a time: token j of the concatenated texts is read iff j % k == 0
+    per_block, j = [0.0] * N_BLOCKS, 0
+    with torch.no_grad():
+        for t in TEXTS:
+            ids = torch.tensor(tok([t])["input_ids"])
+            ob, ou = base(input_ids=ids, output_hidden_states=True), other(input_ids=ids, output_hidden_states=True)
+            keep = [p for p in range(ids.shape[1]) if (j + p) % k == 0]
+            j += ids.shape[1]
+            for i in range(N_BLOCKS):
+                hb = ob.hidden_states[i + 1][0, keep]
+                hu = ou.hidden_states[i + 1][0, keep]
+                lb = ob.logits[0, keep] if i == N_BLOCKS - 1 else base.lm_head(base.model.norm(hb))
+                lu = ou.logits[0, keep] if i == N_BLOCKS - 1 else other.lm_head(other.model.norm(hu))
+                per_block[i] += klm.kl_from_logits(lb, lu).sum().item()
+    assert sub["kl_per_layer"] == pytest.approx([v / sub["kl_lens_tokens"] for v in per_block], rel=1e-5)
+
+
 def test_a_fresh_lora_gives_exactly_zero_kl_and_a_trained_one_does_not():
     tok = CharTokenizer()
     fresh = with_lora(tiny_llama())  # B = 0: the adapter adds exactly nothing

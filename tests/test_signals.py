@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, own_cache
 
 PY = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -136,8 +136,7 @@ def test_sigterm_stops_a_real_sweep_with_143_and_the_rerun_finishes_the_cell(tmp
     """`python -m updatelab.run -m strategy=lora,lora_rag`, SIGTERM while lora trains: status 143, a
     checkpoint at the signal, no results file, the lora_rag cell never starts; the lora cell re-run
     resumes and writes its results file."""
-    (tmp_path / "cache" / "models").mkdir(parents=True)
-    (tmp_path / "cache" / "models" / "smollm2-135m-instruct").symlink_to(converted_lm)
+    own_cache(tmp_path)
     cell = ["data=tiny", "adapter.max_steps=6", "adapter.select=last", "adapter.patience=null",
             "++strategy.replay_ratio=0", "threads=1", "logger=none", "progress=false", "shift.enabled=false",
             f"paths.root={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}", "trainer.checkpoint_every_n_steps=2",

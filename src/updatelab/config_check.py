@@ -228,6 +228,8 @@ def validate(cfg: DictConfig) -> None:
         _int(cfg, "shift.max_length", 1)
         _choice(cfg, "shift.pooling", ("mean", "last"))
         _choice(cfg, "shift.autocast", ("auto", "bfloat16", "float32"))
+        _int(cfg, "shift.kl.lens_tokens", 1, nullable=True)
+        _int(cfg, "shift.kl.batch_size", 1)
 
     # the fine-tuning recipe (lora, lora_rag, full_ft)
     s = "strategy"

@@ -124,7 +124,8 @@ class ShiftProbe:
                 out.update(klm.next_token_kl(
                     base_side, None if same else klm.LMSide(model), updated.tokenizer, self.general,
                     batch_size=int(kl_cfg.get("batch_size", 4)), max_length=self.s.max_length,
-                    autocast=self.autocast, per_layer=bool(kl_cfg.get("per_layer", True))))
+                    autocast=self.autocast, per_layer=bool(kl_cfg.get("per_layer", True)),
+                    lens_tokens=kl_cfg.get("lens_tokens")))
             out["kl_wall_s"] = time.perf_counter() - t0
         icfg = self.s.get("intruders") or {}
         if icfg.get("enabled", True):

@@ -141,9 +141,6 @@ def test_a_lora_cell_requeued_at_its_time_limit_resumes_and_matches_an_uninterru
     slurm_root, ref_root = tmp_path / "slurm", tmp_path / "reference"
     slurm_root.mkdir()
     ref_root.mkdir()
-    # The reference: the same cell, uninterrupted, in this process's machine (basic launcher), meanwhile.
-    ref = subprocess.Popen([PY, "-m", "updatelab.run", *LORA, f"paths.data_dir={ref_root / 'data'}"], cwd=ref_root,
-                           env=_env(ref_root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.perf_counter()
     proc = subprocess.run(
         _sweep(slurm_root, *LORA, "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30",
@@ -151,7 +148,11 @@ def test_a_lora_cell_requeued_at_its_time_limit_resumes_and_matches_an_uninterru
         cwd=slurm_root, env=_env(slurm_root, PYTHONPATH=str(PACE), UPDATELAB_TEST_MIN_STEP_S=str(MIN_STEP_S)),
         capture_output=True, text=True, timeout=1000)
     t_slurm = time.perf_counter() - t0
-    ref_log, _ = ref.communicate(timeout=600)
+    # The reference: the same cell, uninterrupted, with the basic launcher. Run after, not meanwhile: on
+    # 2 cores a concurrent run can slow an attempt's start-up until the signal comes before its first step.
+    ref = subprocess.run([PY, "-m", "updatelab.run", *LORA, f"paths.data_dir={ref_root / 'data'}"], cwd=ref_root,
+                         env=_env(ref_root), capture_output=True, text=True, timeout=600)
+    ref_log = ref.stdout + ref.stderr
     log, task_log = proc.stdout + proc.stderr, _task_logs(slurm_root)
     assert proc.returncode == 0, log[-3000:] + task_log[-5000:]
     assert ref.returncode == 0, ref_log[-3000:]

@@ -19,6 +19,26 @@ REPO = Path(__file__).resolve().parents[1]
 # The converted model and cached embeddings are shared with `make run`: the conversion is a
 # one-off ~30 s, not something every test session should pay.
 SHARED_CACHE = REPO / ".cache" / "updatelab"
+# The tiny end-to-end cell of the pipeline tests: short answers, small CKA minibatches, one thread.
+TINY_CELL = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "threads=1"]
+
+
+def run_matched_arms(root: Path, arms, *overrides: str):
+    """One tiny matched experiment rooted in `root` (the caller sets UPDATELAB_ROOT to it, for as
+    long as the configs are used: paths resolve lazily): a cell per arm, the same overrides for
+    all. Returns ({arm: record}, {arm: cfg})."""
+    from hydra import compose, initialize_config_dir
+
+    from updatelab.run import CONFIG_DIR, run_cell
+
+    records, cfgs = {}, {}
+    for arm in arms:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfgs[arm] = compose("config", overrides=[
+                f"paths.cache_dir={SHARED_CACHE}", f"paths.data_dir={root / 'data'}", "logger=none",
+                "progress=false", f"strategy={arm}", *overrides])
+        records[arm] = run_cell(cfgs[arm], out_dir=root / "out" / arm)
+    return records, cfgs
 
 
 def own_cache(root: Path) -> Path:

@@ -8,38 +8,26 @@ import json
 import numpy as np
 import pytest
 
+from conftest import TINY_CELL, run_matched_arms
 from updatelab.retrieval.embedder import EmbeddingCache, EmbeddingFingerprintError, embed_documents, text_hash
 from updatelab.retrieval.embedder_tuning import (
     EmbedderLeakError, Pair, TuningOptions, check_no_eval_questions, training_pairs)
-from updatelab.run import run_cell
 
 # The two end-to-end cells run in the first test's setup, on a CPU shared with other work.
 pytestmark = pytest.mark.timeout(900)
 
 # One short epoch keeps the test quick; the arms share the tuned embedder (trained once per key).
-TINY = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "threads=1", "strategy.epochs=1"]
+TINY = [*TINY_CELL, "strategy.epochs=1"]
 ARMS = ("embedder_ft_stale", "embedder_ft_reembed")
 
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from conftest import SHARED_CACHE
-    from updatelab.run import CONFIG_DIR
-
     root = tmp_path_factory.mktemp("exp")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("UPDATELAB_ROOT", str(root))
-    records, cfgs = {}, {}
-    for arm in ARMS:
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[f"paths.cache_dir={SHARED_CACHE}", f"paths.data_dir={root / 'data'}",
-                                                "logger=none", "progress=false", f"strategy={arm}", *TINY])
-        cfgs[arm] = cfg
-        records[arm] = run_cell(cfg, out_dir=root / "out" / arm)
-    yield records, cfgs, root
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UPDATELAB_ROOT", str(root))
+        records, cfgs = run_matched_arms(root, ARMS, *TINY)
+        yield records, cfgs, root
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,18 @@ def _int(cfg, key, lo: int | None = None, nullable: bool = False) -> None:
         raise ConfigError(key, f"must be {want}{' or null' if nullable else ''}, got {v!r}")
 
 
+def _source_path(cfg, part: str, hint: str = "") -> None:
+    """`<part>.path` is required with `<part>.source` hub or local, and must exist for local."""
+    source = _get(cfg, f"{part}.source")
+    if source not in ("hub", "local"):
+        return
+    p = _get(cfg, f"{part}.path")
+    if p in (None, _MISSING, "???"):
+        raise ConfigError(f"{part}.path", f"required with {part}.source={source}{hint}")
+    if source == "local" and not Path(str(p)).exists():
+        raise ConfigError(f"{part}.path", f"{p} does not exist")
+
+
 def _num(cfg, key, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
          nullable: bool = False) -> None:
     v = _get(cfg, key)
@@ -182,12 +194,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg, "model.dtype", ("float32", "bfloat16", "float16"), nullable=True)
     _choice(cfg, "embedder.source", ("package", "hub", "local"))
     for part in ("model", "embedder"):
-        if _get(cfg, f"{part}.source") in ("hub", "local"):
-            p = _get(cfg, f"{part}.path")
-            if p in (None, _MISSING, "???"):
-                raise ConfigError(f"{part}.path", f"required with {part}.source={_get(cfg, f'{part}.source')}")
-            if _get(cfg, f"{part}.source") == "local" and not Path(str(p)).exists():
-                raise ConfigError(f"{part}.path", f"{p} does not exist")
+        _source_path(cfg, part)
 
     # data
     _choice(cfg, "data.source", DATA_SOURCES)
@@ -239,12 +246,7 @@ def validate(cfg: DictConfig) -> None:
     _num(cfg, f"{s}.raft_gold_p", 0, 1)
     g = "qa_generator"  # inject_qa written by a model when the data has none (data/qa_generation.py)
     _choice(cfg, f"{g}.source", ("none", "base_lm", "hub", "local"))
-    if _get(cfg, f"{g}.source") in ("hub", "local"):
-        p = _get(cfg, f"{g}.path")
-        if p in (None, _MISSING, "???"):
-            raise ConfigError(f"{g}.path", f"required with {g}.source={_get(cfg, f'{g}.source')} (a hub id or a folder)")
-        if _get(cfg, f"{g}.source") == "local" and not Path(str(p)).exists():
-            raise ConfigError(f"{g}.path", f"{p} does not exist")
+    _source_path(cfg, g, " (a hub id or a folder)")
     for key in ("questions_per_doc", "max_new_tokens", "max_answer_words", "batch_size"):
         _int(cfg, f"{g}.{key}", 1)
     _int(cfg, f"{g}.seed")

@@ -260,6 +260,8 @@ def greedy_generator(model, tokenizer, n: int, max_new_tokens: int, batch_size: 
     records the evaluation's precision choice for the cell."""
     import torch
 
+    from updatelab.models.lm import left_pad
+
     def run(documents: Sequence[str]) -> list[str]:
         torch.manual_seed(seed)
         prompts = [render_prompt(tokenizer, d, n) for d in documents]
@@ -271,12 +273,8 @@ def greedy_generator(model, tokenizer, n: int, max_new_tokens: int, batch_size: 
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                width = max(len(enc[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids[row, width - len(enc[i]):] = torch.tensor(enc[i])
-                    mask[row, width - len(enc[i]):] = 1
+                ids, mask = left_pad([enc[i] for i in batch], pad_id)
+                width = ids.shape[1]
                 gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id)
                 for row, i in enumerate(batch):

@@ -80,6 +80,18 @@ class GenerationStats:
 
 
 @torch.inference_mode()
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows -> (ids, attention mask), padded on the left: a decoder-only model then
+    continues every row right after its last real token."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, r in enumerate(rows):
+        ids[row, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[row, width - len(r) :] = 1
+    return ids, mask
+
+
 def generate(
     model,
     tokenizer,
@@ -108,12 +120,8 @@ def generate(
     start = time.perf_counter()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
-        width = max(len(enc[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, width - len(enc[i]) :] = torch.tensor(enc[i])
-            mask[row, width - len(enc[i]) :] = 1
+        ids, mask = left_pad([enc[i] for i in batch], pad_id)
+        width = ids.shape[1]
         t0 = time.perf_counter()
         with autocast_context(device, autocast):
             out = model.generate(

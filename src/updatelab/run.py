@@ -24,7 +24,9 @@ log = logging.getLogger("updatelab")
 # (at INFO, before it loads the generic build): read as failures, they are not.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+# A wheel carries the config tree inside the package (setup.py); a checkout has it at the top.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = str(_PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parents[2] / "configs")
 # Groups every arm shares; a strategy adds the groups it uses (LoRA: adapter, trainer, qa_generator).
 SHARED_KEYS = ("name", "seed", "model", "embedder", "data", "index", "eval", "shift")
 # Groups added after results existed: at this option they do nothing, and leave a cell's run id as it was.

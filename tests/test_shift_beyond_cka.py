@@ -324,3 +324,26 @@ def test_shift_autocast_auto_is_measured_and_recorded(tmp_path, monkeypatch):
     probe.s.autocast = "bfloat16"  # explicit values pass through
     assert probe._resolve_autocast(base, tok) == "bfloat16"
     hardware.reset_recorded()
+
+
+def test_lora_singular_values_from_the_factors_equal_those_of_the_product():
+    g = torch.Generator().manual_seed(1)
+    b, a = torch.randn(40, 4, generator=g), torch.randn(4, 30, generator=g)
+    assert torch.allclose(wd.lowrank_singular_values(b, a), torch.linalg.svdvals(b @ a)[:4], rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(48, 24), (24, 48), (30, 30)])
+def test_singular_vectors_from_the_gram_matrix_match_the_svd(shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    ref = torch.linalg.svd(w.double(), full_matrices=False).U
+    got = wd.left_singular_vectors(w)
+    assert got.shape == ref.shape
+    assert torch.allclose((got.double().T @ ref).abs().diagonal(), torch.ones(min(shape), dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(got.T @ got, torch.eye(min(shape)), atol=1e-5)
+    assert torch.equal(wd.left_singular_vectors(w, 5), got[:, :5])
+
+
+def test_the_base_singular_vectors_are_computed_once_per_weight():
+    w = torch.randn(20, 12, generator=torch.Generator().manual_seed(2))
+    assert wd.base_left_singular_vectors(w) is wd.base_left_singular_vectors(w.clone())
+    assert wd.base_left_singular_vectors(w) is not wd.base_left_singular_vectors(w + 1)

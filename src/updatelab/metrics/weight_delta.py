@@ -8,6 +8,12 @@ create them, full fine-tuning much less, and their number tracks forgetting. The
 one in peft's `reduce_intruder_dimension` (peft/tuners/lora/intruders.py); peft ships it only as a
 mitigation that adds an adapter to the model, so the count is computed here.
 
+Cost. A LoRA's ΔW = B·A·scale has rank r: its singular values come from the r×r core of two thin
+QR factorisations, exactly, without forming ΔW. Singular vectors come from the eigendecomposition
+of the smaller Gram matrix (float64), not an SVD (a randomized SVD is no substitute: the spectra of
+LLM weights are flat, and its top vectors come out as mixtures that look like intruders); the base weight's full set of left singular vectors, which every arm's count is compared with, is
+computed once per process and weight (kept by a hash of the weight's bytes).
+
 Effective rank (Roy & Vetterli 2007, "The effective rank: a measure of effective dimensionality"):
 exp of the Shannon entropy of the singular values normalised to sum 1: k equal singular values
 give k, one dominant one gives ~1.
@@ -15,6 +21,7 @@ give k, one dominant one gives ~1.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Iterator
 
@@ -36,6 +43,40 @@ def effective_rank(singular_values: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+_BASE_U: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+
+
+def left_singular_vectors(w: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """The top-k (None: all min(m, n)) left singular vectors of `w` (columns), from the
+    eigendecomposition of the smaller Gram matrix in float64: for the block weights of an LLM
+    (one side a few hundred) that is several times faster than an SVD. Directions whose singular
+    value is ~0 are not defined by `w` (any completion is an SVD); they come out of the Gram
+    matrix's eigenvectors as well."""
+    w = w.detach().double()
+    m, n = w.shape
+    if m <= n:
+        vals, vecs = torch.linalg.eigh(w @ w.T)  # ascending
+        u = vecs.flip(-1)
+    else:
+        vals, vecs = torch.linalg.eigh(w.T @ w)
+        v, s = vecs.flip(-1), vals.flip(-1).clamp_min(0).sqrt()
+        # u_i = W v_i / s_i, re-orthonormalised (QR, signs kept): rounding in W v_i / s_i for
+        # small s_i would otherwise leave the columns slightly non-orthogonal.
+        q, r = torch.linalg.qr((w @ v) / s.clamp_min(torch.finfo(torch.float64).tiny))
+        u = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+    u = u if k is None else u[:, :k]
+    return u.float()
+
+
+def base_left_singular_vectors(w_base: torch.Tensor) -> torch.Tensor:
+    """All left singular vectors of `w_base` (columns), computed once per process and weight."""
+    w = w_base.detach().float().contiguous()
+    key = (hashlib.blake2b(w.numpy().tobytes(), digest_size=16).hexdigest(), tuple(w.shape))
+    if key not in _BASE_U:
+        _BASE_U[key] = left_singular_vectors(w)
+    return _BASE_U[key]
+
+
 def intruder_dimensions(w_base: torch.Tensor, w_updated: torch.Tensor, top_k: int = 10, epsilon: float = 0.5,
                         u_base: torch.Tensor | None = None) -> tuple[int, list[float]]:
     """(number of intruders among the top-k, the top-k max |cos| values).
@@ -43,16 +84,25 @@ def intruder_dimensions(w_base: torch.Tensor, w_updated: torch.Tensor, top_k: in
     `u_base`: the base weight's left singular vectors, if already computed (columns).
     """
     if u_base is None:
-        u_base = torch.linalg.svd(w_base.detach().float(), full_matrices=False).U
-    u_upd = torch.linalg.svd(w_updated.detach().float(), full_matrices=False).U[:, :top_k]
+        u_base = base_left_singular_vectors(w_base)
+    u_upd = left_singular_vectors(w_updated, top_k)
     max_cos = (u_upd.T @ u_base).abs().amax(dim=1)
     return int((max_cos < epsilon).sum()), [float(c) for c in max_cos]
 
 
+def lowrank_singular_values(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Singular values of b @ a (b: m×r, a: r×n), from the r×r core: b = Qb Rb, aᵀ = Qa Ra, so
+    b a = Qb (Rb Raᵀ) Qaᵀ with orthonormal Qb, Qa."""
+    _, rb = torch.linalg.qr(b.detach().float())
+    _, ra = torch.linalg.qr(a.detach().float().T)
+    return torch.linalg.svdvals(rb @ ra.T)
+
+
 def module_delta(w_base: torch.Tensor, w_updated: torch.Tensor, top_k: int = 10,
-                 epsilon: float = 0.5) -> dict[str, Any]:
+                 epsilon: float = 0.5, factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """{"intruders", "fro", "spectral", "eff_rank"} of one module; ΔW = W_updated - W_base.
 
+    `factors` (b, a) with ΔW = b @ a (a LoRA's scaled B and A): ΔW's singular values from them.
     Identical weights are answered without an SVD: same singular vectors, so 0 intruders, and
     ΔW = 0. (An SVD of identical inputs would say the same up to sign and rounding.)
     """
@@ -61,10 +111,9 @@ def module_delta(w_base: torch.Tensor, w_updated: torch.Tensor, top_k: int = 10,
         raise ValueError(f"weight shapes differ: {tuple(w_base.shape)} vs {tuple(w_updated.shape)}")
     if torch.equal(w_base, w_updated):
         return {"intruders": 0, "fro": 0.0, "spectral": 0.0, "eff_rank": 0.0}
-    delta = w_updated - w_base
-    s = torch.linalg.svdvals(delta)
+    s = lowrank_singular_values(*factors) if factors is not None else torch.linalg.svdvals(w_updated - w_base)
     intruders, _ = intruder_dimensions(w_base, w_updated, top_k, epsilon)
-    return {"intruders": intruders, "fro": float(torch.linalg.vector_norm(delta)), "spectral": float(s[0]),
+    return {"intruders": intruders, "fro": float(torch.linalg.vector_norm(s)), "spectral": float(s[0]),
             "eff_rank": effective_rank(s)}
 
 
@@ -88,6 +137,12 @@ def changed_weights(base_model, updated_model) -> Iterator[tuple[str, torch.Tens
     for a plain one. Modules outside the blocks (embeddings, the tied LM head) are left out: a
     vocabulary-sized SVD, and not a per-block quantity.
     """
+    for name, w_base, w_updated, _ in _changed(base_model, updated_model):
+        yield name, w_base, w_updated
+
+
+def _changed(base_model, updated_model):
+    """`changed_weights` with, for a LoRA module, ΔW's factors (b, a): ΔW = b @ a."""
     if hasattr(updated_model, "peft_config"):
         from peft.tuners.lora import LoraLayer
 
@@ -97,8 +152,14 @@ def changed_weights(base_model, updated_model) -> Iterator[tuple[str, torch.Tens
             w = module.get_base_layer().weight
             names = [a for a in module.active_adapters if a in module.lora_A]
             delta = sum((module.get_delta_weight(a) for a in names), torch.zeros_like(w))
+            # Several adapters: ΔW = sum_i s_i B_i A_i = [s_1 B_1, ...] @ [A_1; ...] (fan_in_fan_out
+            # layers store the transpose: no factors, ΔW's SVD instead).
+            factors = None
+            if names and not getattr(module, "fan_in_fan_out", False):
+                factors = (torch.cat([module.lora_B[a].weight * module.scaling[a] for a in names], dim=1),
+                           torch.cat([module.lora_A[a].weight for a in names], dim=0))
             merged = getattr(module, "merged", False)  # a merged adapter is already inside the base weight
-            yield (_clean(name), w - delta, w) if merged else (_clean(name), w, w + delta)
+            yield (_clean(name), w - delta, w, factors) if merged else (_clean(name), w, w + delta, factors)
         return
     base_mods = dict(base_model.named_modules())
     for name, module in updated_model.named_modules():
@@ -107,14 +168,15 @@ def changed_weights(base_model, updated_model) -> Iterator[tuple[str, torch.Tens
         ref = base_mods.get(name)
         if ref is None or torch.equal(ref.weight, module.weight):  # also for the very same tensor: compared
             continue
-        yield name, ref.weight, module.weight
+        yield name, ref.weight, module.weight, None
 
 
 @torch.no_grad()
 def summarise(base_model, updated_model, n_blocks: int, top_k: int = 10, epsilon: float = 0.5) -> dict[str, Any]:
     """The record's weight-space keys: ``delta`` per module, ``delta_fro_total`` (the Frobenius
     norm of all modules' ΔW together), ``intruders_total`` and ``intruders_per_layer``."""
-    delta = {name: module_delta(wb, wu, top_k, epsilon) for name, wb, wu in changed_weights(base_model, updated_model)}
+    delta = {name: module_delta(wb, wu, top_k, epsilon, factors)
+             for name, wb, wu, factors in _changed(base_model, updated_model)}
     per_layer = [0] * n_blocks
     for name, d in delta.items():
         i = block_index(name)

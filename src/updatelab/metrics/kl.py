@@ -129,13 +129,15 @@ def next_token_kl(
                 # Blocks 0..n-2 stacked: one head call per side (a PEFT side's context toggles
                 # every adapted module; the last block's reading is the output, `kl` above).
                 m = int(lens.sum())
-                hb = torch.cat([out_b.hidden_states[i + 1][real][lens] for i in range(n_blocks - 1)])
-                lb = base.lens(hb)
-                lu = lb if updated is None else updated.lens(
-                    torch.cat([out_u.hidden_states[i + 1][real][lens] for i in range(n_blocks - 1)]))
+
+                def stacked(out) -> torch.Tensor:
+                    return torch.cat([out.hidden_states[i + 1][real][lens] for i in range(n_blocks - 1)])
+
+                lb = base.lens(stacked(out_b))
+                lu = lb if updated is None else updated.lens(stacked(out_u))
                 per_block[: n_blocks - 1] += kl_from_logits(lb.float(), lu.float()).view(n_blocks - 1, m).double().sum(1).cpu()
                 per_block[n_blocks - 1] += kl[lens].double().sum().cpu()
-                n_lens += int(lens.sum())
+                n_lens += m
             n_tokens += n_here
     out: dict[str, Any] = {"kl_mean": float(total / n_tokens), "kl_n_tokens": n_tokens}
     if per_block is not None:

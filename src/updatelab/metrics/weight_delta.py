@@ -63,7 +63,7 @@ def left_singular_vectors(w: torch.Tensor, k: int | None = None) -> torch.Tensor
         # u_i = W v_i / s_i, re-orthonormalised (QR, signs kept): rounding in W v_i / s_i for
         # small s_i would otherwise leave the columns slightly non-orthogonal.
         q, r = torch.linalg.qr((w @ v) / s.clamp_min(torch.finfo(torch.float64).tiny))
-        u = q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+        u = q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0)
     u = u if k is None else u[:, :k]
     return u.float()
 

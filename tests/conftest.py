@@ -23,6 +23,11 @@ SHARED_CACHE = REPO / ".cache" / "updatelab"
 TINY_CELL = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "threads=1"]
 
 
+def composed_overrides(root: Path) -> list[str]:
+    """What every composed test config shares: the shared model cache, data under `root`, no W&B, no bars."""
+    return [f"paths.cache_dir={SHARED_CACHE}", f"paths.data_dir={root / 'data'}", "logger=none", "progress=false"]
+
+
 def run_matched_arms(root: Path, arms, *overrides: str):
     """One tiny matched experiment rooted in `root` (the caller sets UPDATELAB_ROOT to it, for as
     long as the configs are used: paths resolve lazily): a cell per arm, the same overrides for
@@ -34,9 +39,7 @@ def run_matched_arms(root: Path, arms, *overrides: str):
     records, cfgs = {}, {}
     for arm in arms:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfgs[arm] = compose("config", overrides=[
-                f"paths.cache_dir={SHARED_CACHE}", f"paths.data_dir={root / 'data'}", "logger=none",
-                "progress=false", f"strategy={arm}", *overrides])
+            cfgs[arm] = compose("config", overrides=[*composed_overrides(root), f"strategy={arm}", *overrides])
         records[arm] = run_cell(cfgs[arm], out_dir=root / "out" / arm)
     return records, cfgs
 
@@ -66,7 +69,7 @@ def compose_cfg(tmp_path, monkeypatch):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             return compose(
                 "config",
-                overrides=[f"paths.cache_dir={SHARED_CACHE}", f"paths.data_dir={tmp_path / 'data'}", "logger=none", "progress=false", *overrides],
+                overrides=[*composed_overrides(tmp_path), *overrides],
             )
 
     return _compose

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from updatelab.config_schema import DATA_SOURCES, ORDERS, PRECISIONS  # noqa: F401  (ORDERS, PRECISIONS: the tests' names)
+
 
 class ConfigError(SystemExit):
     """A bad input: `error: <key>: <problem>` on stderr and exit status 2 (`updatelab.run.main`)."""
@@ -75,14 +77,11 @@ def check_overrides(argv: list[str] | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Typed checks of the composed config, before any model loads (issue 14: bad inputs end in one line).
+# Checks of the composed config, before any model loads (issue 14: bad inputs end in one line).
+# Types are OmegaConf's, at compose time; ranges and choices are declared next to each field in
+# updatelab/config_schema.py and applied here to whatever schema a node was composed with. Only the
+# rules that span keys or ask the machine (device, paths, data.path, epochs/max_steps) are code.
 
-# Copies of the recipe's and Lightning's option lists: importing those modules here would load
-# torch before a bad input could be refused (tests/test_bad_inputs.py checks they agree).
-ORDERS = ("mixed", "qa_then_docs", "docs_then_qa")
-PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true",
-              "64", "transformer-engine", "transformer-engine-float16")
-DATA_SOURCES = ("synthetic", "local", "hub", "counterfact", "zsre", "tofu")
 _MISSING = object()
 
 
@@ -99,21 +98,89 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return node
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _field_kind(schema: type, name: str) -> tuple[set[type], bool]:
+    """The scalar types a schema field allows, and whether it may be null."""
+    import typing
+
+    hint = typing.get_type_hints(schema)[name]
+    args = set(typing.get_args(hint)) if typing.get_origin(hint) is typing.Union else {hint}
+    return args - {type(None)}, type(None) in args
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _numeric(types: set[type], meta: dict) -> str | None:
+    """'an integer' / 'a number' when the field holds a number (a range implies one), else None."""
+    if float in types or (meta.keys() & {"ge", "gt", "le"} and int not in types):
+        return "a number"
+    if int in types and (meta.keys() & {"ge", "gt", "le"} or not types - {int}):
+        return "an integer"
+    return None
 
 
-def _int(cfg, key, lo: int | None = None, nullable: bool = False) -> None:
-    v = _get(cfg, key)
-    if v is _MISSING or (v is None and nullable):
-        return
-    if not _is_int(v) or (lo is not None and v < lo):
-        want = f"an integer >= {lo}" if lo is not None else "an integer"
-        raise ConfigError(key, f"must be {want}{' or null' if nullable else ''}, got {v!r}")
+def describe(schema: type, name: str) -> str:
+    """What a field accepts, in words: 'an integer >= 1 or null', 'one of constant, cosine', ..."""
+    import dataclasses
+
+    meta = dict(next(f for f in dataclasses.fields(schema) if f.name == name).metadata)
+    types, nullable = _field_kind(schema, name)
+    parts = []
+    kind = _numeric(types, meta)
+    if kind:
+        lo, hi = (meta.get("gt"), meta.get("ge")), meta.get("le")
+        if hi is not None and (lo[0] is not None or lo[1] is not None):
+            rng = f"in {'(' if lo[0] is not None else '['}{lo[0] if lo[0] is not None else lo[1]}, {hi}]"
+        elif hi is not None:
+            rng = f"<= {hi}"
+        else:
+            rng = f"> {lo[0]}" if lo[0] is not None else f">= {lo[1]}" if lo[1] is not None else ""
+        parts.append(f"{kind} {rng}".strip())
+    if meta.get("choices"):
+        parts += list(meta["choices"]) if parts else [f"one of {', '.join(map(str, meta['choices']))}"]
+    if not parts:
+        parts.append({bool: "true or false", str: "a string"}.get(next(iter(types), None), "a value of another type")
+                     if len(types) == 1 else "a value of another type")
+    if nullable:
+        parts.append("null")
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
+
+
+def _allowed(schema: type, name: str, v: Any) -> bool:
+    import dataclasses
+
+    meta = next(f for f in dataclasses.fields(schema) if f.name == name).metadata
+    types, nullable = _field_kind(schema, name)
+    if v is None:
+        return nullable
+    if "choices" in meta and str(v) in map(str, meta["choices"]):
+        return True
+    kind = _numeric(types, meta)
+    if kind is None:
+        return "choices" not in meta  # a plain typed field: OmegaConf checked its type
+    ok_type = isinstance(v, int) if kind == "an integer" else isinstance(v, (int, float))
+    if not ok_type or isinstance(v, bool):
+        return False
+    return (("ge" not in meta or v >= meta["ge"]) and ("gt" not in meta or v > meta["gt"])
+            and ("le" not in meta or v <= meta["le"]))
+
+
+def check_declared(cfg: DictConfig, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Every field of every schema-typed node under `cfg` is set and within what its schema declares."""
+    import dataclasses
+
+    schema = OmegaConf.get_type(cfg)
+    declared = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    for name in cfg.keys():
+        key = f"{prefix}{name}"
+        if key in skip:
+            continue
+        if OmegaConf.is_missing(cfg, name):
+            if name in declared:
+                raise ConfigError(key, f"has no value (???); set it, e.g. {key}=...")
+            continue
+        v = _get(cfg, name)
+        if not OmegaConf.is_interpolation(cfg, name) and OmegaConf.is_dict(cfg[name]):
+            check_declared(cfg[name], f"{key}.", skip)
+        elif name in declared and not _allowed(schema, name, v):
+            raise ConfigError(key, f"must be {describe(schema, name)}, got {v!r}")
 
 
 def _source_path(cfg, part: str, hint: str = "") -> None:
@@ -126,27 +193,6 @@ def _source_path(cfg, part: str, hint: str = "") -> None:
         raise ConfigError(f"{part}.path", f"required with {part}.source={source}{hint}")
     if source == "local" and not Path(str(p)).exists():
         raise ConfigError(f"{part}.path", f"{p} does not exist")
-
-
-def _num(cfg, key, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-         nullable: bool = False) -> None:
-    v = _get(cfg, key)
-    if v is _MISSING or (v is None and nullable):
-        return
-    bad = not _is_num(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi)
-    if bad:
-        rng = (f"> {lo}" if lo_open else f">= {lo}") if lo is not None else ""
-        if hi is not None:
-            rng = f"in {'(' if lo_open else '['}{lo}, {hi}]" if lo is not None else f"<= {hi}"
-        raise ConfigError(key, f"must be a number {rng}{' or null' if nullable else ''}, got {v!r}".replace("  ", " "))
-
-
-def _choice(cfg, key, options: tuple, nullable: bool = False) -> None:
-    v = _get(cfg, key)
-    if v is _MISSING or (v is None and nullable):
-        return
-    if v not in options:
-        raise ConfigError(key, f"must be one of {', '.join(map(str, options))}, got {v!r}")
 
 
 def _writable(key: str, path: str) -> None:
@@ -171,12 +217,8 @@ def _writable(key: str, path: str) -> None:
         raise ConfigError(key, f"{p} is not writable ({err.strerror or err})") from None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Refuse a composed config that would fail later (or silently do the wrong thing)."""
-    _int(cfg, "seed")
-    v = _get(cfg, "threads")
-    if not (v is None or v == "auto" or (_is_int(v) and v >= 1)):
-        raise ConfigError("threads", f"must be an integer >= 1, auto or null, got {v!r}")
+def _device(cfg: DictConfig) -> None:
+    """`device` names a device kind this code drives, and this machine has it."""
     device = _get(cfg, "device")
     if not isinstance(device, str) or not (device == "cpu" or device.split(":")[0] in ("cuda", "mps")):
         raise ConfigError("device", f"must be cpu, cuda, cuda:N or mps, got {device!r}")
@@ -189,107 +231,61 @@ def validate(cfg: DictConfig) -> None:
         if device == "mps" and not torch.backends.mps.is_available():
             raise ConfigError("device", "mps requested but not available here; use device=cpu")
 
-    # model / embedder
-    _choice(cfg, "model.source", ("gguf_package", "hub", "local"))
-    _choice(cfg, "model.dtype", ("float32", "bfloat16", "float16"), nullable=True)
-    _choice(cfg, "embedder.source", ("package", "hub", "local"))
+
+def _data_path(cfg: DictConfig) -> None:
+    source = _get(cfg, "data.source")
+    if source == "synthetic":
+        return
+    if OmegaConf.is_missing(cfg.data, "path") if "path" in cfg.data.keys() else True:
+        raise ConfigError("data.path", f"required with data={source} (e.g. data.path=/abs/dir)")
+    p = _get(cfg, "data.path")
+    if source == "local" and not Path(str(p)).is_dir():
+        raise ConfigError("data.path", f"{p} is not a folder" if Path(str(p)).exists() else f"{p} does not exist")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse a composed config that would fail later (or silently do the wrong thing)."""
     for part in ("model", "embedder"):
         _source_path(cfg, part)
-
-    # data
-    _choice(cfg, "data.source", DATA_SOURCES)
-    source = _get(cfg, "data.source")
-    if source != "synthetic":
-        if OmegaConf.is_missing(cfg.data, "path") if "path" in cfg.data.keys() else True:
-            raise ConfigError("data.path", f"required with data={source} (e.g. data.path=/abs/dir)")
-        p = _get(cfg, "data.path")
-        if source == "local" and not Path(str(p)).is_dir():
-            raise ConfigError("data.path", f"{p} is not a folder" if Path(str(p)).exists() else f"{p} does not exist")
-    else:
-        g = "data.generator"
-        _int(cfg, f"{g}.seed")
-        _int(cfg, f"{g}.n_people", 1)
-        _num(cfg, f"{g}.edit_fraction", 0, 1, lo_open=True)
-        _int(cfg, f"{g}.n_new", 0)
-        _num(cfg, f"{g}.eval_fraction", 0, 1, lo_open=True)
-        _int(cfg, f"{g}.n_unchanged_questions", 0)
-        _int(cfg, f"{g}.n_general", 0)
-        _int(cfg, f"{g}.renderings", 1)
-        _int(cfg, f"{g}.sentences_per_doc", 1)
-        _int(cfg, f"{g}.qa_templates", 1, nullable=True)
-        _int(cfg, f"{g}.inject_templates", 1, nullable=True)
-
-    # retrieval and evaluation
-    _int(cfg, "eval.top_k", 1)
-    _int(cfg, "eval.max_new_tokens", 1)
-    _int(cfg, "eval.batch_size", 1)
-    _int(cfg, "eval.stored_max_new_tokens", 1)
-    _choice(cfg, "eval.autocast", ("auto", "bfloat16", "float32"))
-    _choice(cfg, "embedder.autocast", ("auto", "bfloat16", "float32"))
-    _int(cfg, "embedder.batch_size", 1)
-    _int(cfg, "embedder.max_length", 1)
-    _choice(cfg, "index.kind", ("flat", "hnsw", "ivf"))
-    if _get(cfg, "shift.enabled"):
-        _int(cfg, "shift.batch_size", 4)  # debiased minibatch CKA needs >= 4 rows
-        _int(cfg, "shift.forward_batch_size", 1)
-        _int(cfg, "shift.max_length", 1)
-        _choice(cfg, "shift.pooling", ("mean", "last"))
-        _choice(cfg, "shift.autocast", ("auto", "bfloat16", "float32"))
-        _int(cfg, "shift.kl.lens_tokens", 1, nullable=True)
-        _int(cfg, "shift.kl.batch_size", 1)
-
-    # the fine-tuning recipe (lora, lora_rag, full_ft)
-    s = "strategy"
-    _choice(cfg, f"{s}.order", ORDERS)
-    _num(cfg, f"{s}.replay_ratio", 0)
-    _int(cfg, f"{s}.qa_per_fact", 1, nullable=True)
-    _num(cfg, f"{s}.raft_gold_p", 0, 1)
-    g = "qa_generator"  # inject_qa written by a model when the data has none (data/qa_generation.py)
-    _choice(cfg, f"{g}.source", ("none", "base_lm", "hub", "local"))
-    _source_path(cfg, g, " (a hub id or a folder)")
-    for key in ("questions_per_doc", "max_new_tokens", "max_answer_words", "batch_size"):
-        _int(cfg, f"{g}.{key}", 1)
-    _int(cfg, f"{g}.seed")
-    a = "adapter"
-    _choice(cfg, f"{a}.method", ("lora", "full"))
-    _int(cfg, f"{a}.r", 1)
-    _num(cfg, f"{a}.alpha", 0, lo_open=True)
-    _num(cfg, f"{a}.dropout", 0, 1)
-    _num(cfg, f"{a}.lr", 0, lo_open=True)
-    _num(cfg, f"{a}.weight_decay", 0)
-    _num(cfg, f"{a}.epochs", 0, lo_open=True, nullable=True)
-    _int(cfg, f"{a}.max_steps", 1, nullable=True)
-    if _get(cfg, f"{a}.epochs") is None and _get(cfg, f"{a}.max_steps") is None:
-        raise ConfigError(f"{a}.epochs", "set adapter.epochs or adapter.max_steps (both are null)")
-    _int(cfg, f"{a}.batch_size", 1)
-    _int(cfg, f"{a}.max_length", 8)
-    _num(cfg, f"{a}.warmup_ratio", 0, 1)
-    _choice(cfg, f"{a}.scheduler", ("constant", "cosine"))
-    _num(cfg, f"{a}.min_lr_ratio", 0, 1, nullable=True)
-    _int(cfg, f"{a}.pad_to_multiple_of", 1, nullable=True)
-    _choice(cfg, f"{a}.select", ("last", "best_dev"))
-    _int(cfg, f"{a}.dev_every_steps", 1, nullable=True)
-    _int(cfg, f"{a}.patience", 1, nullable=True)
-    t = "trainer"
-    prec = _get(cfg, f"{t}.precision")
-    if prec is not _MISSING and prec is not None and str(prec) not in PRECISIONS:
-        raise ConfigError(f"{t}.precision", f"must be one of {', '.join(PRECISIONS)} or null, got {prec!r}")
-    _choice(cfg, f"{t}.accelerator", ("cpu", "gpu", "cuda", "mps", "tpu", "auto"))
-    _int(cfg, f"{t}.checkpoint_every_n_steps", 1, nullable=True)
-    _int(cfg, f"{t}.log_every_n_steps", 1)
-    _int(cfg, f"{t}.accumulate_grad_batches", 1)
-    _num(cfg, f"{t}.gradient_clip_val", 0, nullable=True)
-    _choice(cfg, f"{t}.attn_implementation", ("eager", "sdpa", "flash_attention_2"), nullable=True)
-
-    # tracking and outputs
-    _choice(cfg, "logger.mode", ("offline", "online", "disabled"))
+    _source_path(cfg, "qa_generator", " (a hub id or a folder)")
+    if _get(cfg, "data.source") in DATA_SOURCES:
+        _data_path(cfg)
+    # a switched-off probe's settings are inert, whatever they say
+    check_declared(cfg, skip=() if _get(cfg, "shift.enabled") else ("shift",))
+    _device(cfg)
+    if _get(cfg, "adapter.epochs") is None and _get(cfg, "adapter.max_steps") is None:
+        raise ConfigError("adapter.epochs", "set adapter.epochs or adapter.max_steps (both are null)")
     _writable("paths.results_dir", str(_get(cfg, "paths.results_dir")))
+
+
+def _type_error(err: Exception) -> ConfigError | None:
+    """A value OmegaConf refused for a schema field's type (at compose time), worded as `validate`
+    words a value out of range; None when `err` is not one."""
+    import dataclasses
+    import re
+
+    from omegaconf.errors import ValidationError
+
+    cause = err
+    while cause is not None and not isinstance(cause, ValidationError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None or not getattr(cause, "full_key", None):
+        return None
+    schema, leaf = getattr(cause, "object_type", None), str(cause.key)
+    m = re.search(r"Value '(.*?)'", str(cause.msg))
+    got = f", got {m.group(1)!r}" if m else ""
+    if dataclasses.is_dataclass(schema) and leaf in {f.name for f in dataclasses.fields(schema)}:
+        return ConfigError(cause.full_key, f"must be {describe(schema, leaf)}{got}")
+    return ConfigError(cause.full_key, str(cause.msg).splitlines()[0])
 
 
 def _hydra_error(arg: str | None, err: Exception) -> ConfigError:
     """Hydra's multi-line composition errors as one line."""
     import re
 
+    typed = _type_error(err)
+    if typed is not None:
+        return typed
     text = str(err).strip()
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:

@@ -19,6 +19,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from updatelab import config_schema
+
 log = logging.getLogger("updatelab")
 # FAISS's loader logs each AVX build it lacks as "Could not load library ... ModuleNotFoundError"
 # (at INFO, before it loads the generic build): read as failures, they are not.
@@ -27,6 +29,8 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 # A wheel carries the config tree inside the package (setup.py); a checkout has it at the top.
 _PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR = str(_PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parents[2] / "configs")
+# The YAML files name their schemas (updatelab/config_schema.py): stored before anything composes them.
+config_schema.register()
 # Groups every arm shares; a strategy adds the groups it uses (LoRA: adapter, trainer, qa_generator).
 SHARED_KEYS = ("name", "seed", "model", "embedder", "data", "index", "eval", "shift")
 # Groups added after results existed: at this option they do nothing, and leave a cell's run id as it was.

@@ -1,4 +1,4 @@
-"""updatelab.data: the synthetic generator, the on-disk schema and loading through `datasets`.
+"""updatelab.data: the synthetic generator, the on-disk schema, loading, and `datasets` views.
 
 Fast and offline: everything is generated under tmp_path; the hub is replaced by local files.
 """
@@ -17,8 +17,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 
 from updatelab.data import load as load_mod  # noqa: E402
+from updatelab.data import rows_io  # noqa: E402
 from updatelab.data import synthetic, synthetic_vocab  # noqa: E402
 from updatelab.data.load import load_update  # noqa: E402
+from updatelab.data.rows import features_for  # noqa: E402
 from updatelab.data.schema import SPLITS, DatasetSchemaError  # noqa: E402
 from updatelab.data.update import Document, KnowledgeUpdate, Question  # noqa: E402
 
@@ -43,8 +45,8 @@ def gen_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def update(gen_dir, tmp_path_factory) -> KnowledgeUpdate:
-    return load_update(gen_dir, cache_dir=tmp_path_factory.mktemp("hf"))
+def update(gen_dir) -> KnowledgeUpdate:
+    return load_update(gen_dir)
 
 
 @pytest.fixture
@@ -292,19 +294,19 @@ def test_train_qa_about_an_evaluated_entity_is_rejected(small, monkeypatch):
 
 # --- loading ----------------------------------------------------------------------------------
 
-def test_loading_goes_through_datasets_and_round_trips(small, tmp_path, monkeypatch):
-    calls = []
-    real = load_mod._load_dataset
+def test_loading_parses_each_line_once_and_round_trips(small, tmp_path, monkeypatch):
+    monkeypatch.setattr(load_mod, "_load_dataset", no_datasets)  # a local folder is read directly
+    parsed = Counter()
+    real = rows_io.parse_line
 
-    def spy(*args, **kwargs):
-        ds = real(*args, **kwargs)
-        calls.append((args[0], kwargs["data_files"], kwargs["split"], type(ds).__name__))
-        return ds
+    def spy(kind, line):
+        parsed[line] += 1
+        return real(kind, line)
 
-    monkeypatch.setattr(load_mod, "_load_dataset", spy)
-    ku = load_update(small, cache_dir=tmp_path / "hf")
-    assert sorted(Path(c[1]).name for c in calls) == sorted(FILES[:-1])
-    assert all(c[0] == "json" and c[2] == "train" and c[3] == "Dataset" for c in calls)
+    monkeypatch.setattr(rows_io, "parse_line", spy)
+    ku = load_update(small)
+    lines = [line for name in FILES[:-1] for line in (small / name).read_text(encoding="utf-8").splitlines(True)]
+    assert sum(parsed.values()) == len(lines) and set(parsed) == set(lines)
 
     assert ku.name == "small" and len(ku.fingerprint) == 64
     assert [d.to_row() for d in ku.kb_v1] == read_jsonl(small / "kb_v1.jsonl")
@@ -316,23 +318,31 @@ def test_loading_goes_through_datasets_and_round_trips(small, tmp_path, monkeypa
     out = ku.save(tmp_path / "saved")
     for name in FILES[:-1]:
         assert (out / name).read_bytes() == (small / name).read_bytes()
-    again = load_update(out, name="small", cache_dir=tmp_path / "hf")
+    again = load_update(out, name="small")
     assert again == ku and again.fingerprint == ku.fingerprint
 
 
+def test_each_file_comes_back_as_a_dataset_with_the_schemas_features(small):
+    ku = load_update(small)
+    for key, name in zip(("kb_v0", "kb_v1", "questions", "train_docs", "train_qa", "inject_qa", "dev"), FILES):
+        ds = ku.dataset(key)
+        assert ds.features == features_for(key)
+        assert ds.to_list() == read_jsonl(small / name)
+
+
 def test_fingerprint_is_stable_and_tracks_content(small, tmp_path):
-    a = load_update(small, cache_dir=tmp_path / "hf")
-    b = load_update(small, cache_dir=tmp_path / "hf")
+    a = load_update(small)
+    b = load_update(small)
     assert a.fingerprint == b.fingerprint == a.compute_fingerprint()
     rewrite_line(small / "questions.jsonl", 1, edit_row(aliases=["extra"]))
-    assert load_update(small, cache_dir=tmp_path / "hf").fingerprint != a.fingerprint
+    assert load_update(small).fingerprint != a.fingerprint
 
 
 def test_optional_files_may_be_absent(small, tmp_path):
     (small / "train_docs.jsonl").unlink()
     (small / "train_qa.jsonl").unlink()
     (small / "meta.json").unlink()
-    ku = load_update(small, cache_dir=tmp_path / "hf")
+    ku = load_update(small)
     assert ku.train_docs == () and ku.train_qa == () and ku.kb_v1
 
 
@@ -352,7 +362,7 @@ def test_hub_source_validates_rows_and_names_dataset_file_and_row(small, tmp_pat
     hub = load_update(source="hub", path="org/bios", data_files=files)
     assert sorted(seen) == sorted(files.values())
     monkeypatch.setattr(load_mod, "_load_dataset", real)
-    local = load_update(small, cache_dir=tmp_path / "hf")
+    local = load_update(small)
     assert hub.name == "org/bios" and hub.fingerprint == local.fingerprint and hub == KnowledgeUpdate(
         **{**{f: getattr(local, f) for f in keys},
            "name": "org/bios", "fingerprint": local.fingerprint})

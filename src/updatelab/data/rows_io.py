@@ -2,8 +2,8 @@
 turn a row's position into a :class:`~updatelab.data.schema.DatasetSchemaError`, and the one
 canonical way rows are written.
 
-What a valid row is (its fields, :func:`~updatelab.data.schema.normalize_row`) and the checks
-across files (:func:`~updatelab.data.schema.check_update`) are in :mod:`updatelab.data.schema`.
+What a valid row is (its class, :mod:`updatelab.data.rows`) and the checks across files
+(:func:`~updatelab.data.schema.check_update`, :mod:`updatelab.data.schema`) live elsewhere.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from updatelab.data.schema import FILE_KIND, DatasetSchemaError, RowProblem, normalize_row, row_key
+from updatelab.data.rows import Row, RowProblem, parse_line, validate_row
+from updatelab.data.schema import FILE_KIND, DatasetSchemaError, row_key
 
 # --------------------------------------------------------------------------------------------
 # Locations: where a row came from, for error messages
@@ -59,18 +60,20 @@ class HubLocator(Locator):
         return f"row {pos}"
 
 
-Rows = list[tuple[int, dict[str, Any]]]
-"""Validated rows of one file: (position, canonical row)."""
+Rows = list[tuple[int, Row]]
+"""Validated rows of one file: (position, row object)."""
 
 
-def validate_rows(key: str, rows: Iterable[tuple[int, Any]], loc: Locator) -> Rows:
-    """Normalize each (position, parsed object) of file `key` and check unique ids."""
+def validate_rows(key: str, rows: Iterable[tuple[int, Any]], loc: Locator, *, parsed: bool = True) -> Rows:
+    """Validate each (position, row) of file `key` and check unique ids. A row is a parsed
+    object (`parsed`, e.g. what `datasets` read from the hub) or one JSON line to parse."""
     kind = FILE_KIND[key]
+    check = validate_row if parsed else parse_line
     out: Rows = []
     seen: dict[Any, int] = {}
     for pos, obj in rows:
         try:
-            row = normalize_row(kind, obj)
+            row = check(kind, obj)
         except RowProblem as e:
             raise loc.error(key, pos, str(e)) from None
         uk = row_key(kind, row)
@@ -84,14 +87,14 @@ def validate_rows(key: str, rows: Iterable[tuple[int, Any]], loc: Locator) -> Ro
 
 
 def read_jsonl(path: str | Path, key: str, loc: Locator | None = None) -> Rows:
-    """Fast line-by-line pass over a local JSONL file: ``json.loads`` and check every line.
+    """Parse and check every line of a local JSONL file, once (pydantic parses the JSON).
 
-    Returns [(1-based line number, canonical row)] for the non-blank lines.
+    Returns [(1-based line number, row object)] for the non-blank lines.
     """
     path = Path(path)
     loc = loc or LocalLocator({key: path})
 
-    def parsed() -> Iterable[tuple[int, Any]]:
+    def lines() -> Iterable[tuple[int, str]]:
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 try:
@@ -102,13 +105,9 @@ def read_jsonl(path: str | Path, key: str, loc: Locator | None = None) -> Rows:
                     line = line.lstrip("\ufeff")
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise loc.error(key, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
-                yield lineno, obj
+                yield lineno, line
 
-    return validate_rows(key, parsed(), loc)
+    return validate_rows(key, lines(), loc, parsed=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,12 +41,13 @@ Keys not listed above are an error (they would mostly be typos of optional keys)
 problem found stops loading with a :class:`DatasetSchemaError` that names the file, the 1-based
 line (or, for the hub, the file key and row index) and what is wrong.
 
-Reading, locating and writing rows are in :mod:`updatelab.data.rows_io`.
+The row classes that implement these rules (and are the loaded objects and give the `datasets`
+Features) are in :mod:`updatelab.data.rows`; reading, locating and writing rows are in
+:mod:`updatelab.data.rows_io`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 if TYPE_CHECKING:  # rows_io imports this module at run time
@@ -73,9 +74,6 @@ REQUIRED_FILES: tuple[str, ...] = ("kb_v0", "kb_v1", "questions")
 OPTIONAL_FILES: tuple[str, ...] = ("train_docs", "train_qa", "inject_qa", "dev")
 META_FILE = "meta.json"
 
-_MISSING = object()
-
-
 class DatasetSchemaError(ValueError):
     """A malformed knowledge update. ``str(err)`` is ``"<where>: <problem>"``.
 
@@ -90,129 +88,19 @@ class DatasetSchemaError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-# --------------------------------------------------------------------------------------------
-# Row schema
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    type: str  # "str" | "int" | "list[str]"
-    required: bool = True
-    nullable: bool = False
-    nonempty: bool = False
-    default: Any = None
-    choices: tuple[str, ...] | None = None
-
-
-_KB_FIELDS = (Field("doc_id", "str", nonempty=True), Field("text", "str", nonempty=True), Field("entity", "str"))
-
-_QUESTION_FIELDS: tuple[Field, ...] = (
-    Field("qid", "str", nonempty=True),
-    Field("split", "str", choices=SPLITS),
-    Field("question", "str", nonempty=True),
-    Field("answer", "str", nonempty=True),
-    Field("aliases", "list[str]", required=False, default=()),
-    Field("doc_id", "str", required=False, nullable=True, nonempty=True),
-    Field("entity", "str", required=False, nullable=True),
-    Field("attribute", "str", required=False, nullable=True),
-)
-
-ROW_FIELDS: dict[str, tuple[Field, ...]] = {
-    "kb": _KB_FIELDS,
-    "questions": _QUESTION_FIELDS,
-    "train_docs": (
-        Field("entity", "str", nonempty=True),
-        Field("text", "str", nonempty=True),
-        Field("rendering", "int"),
-    ),
-    "qa": (
-        Field("question", "str", nonempty=True),
-        Field("answer", "str", nonempty=True),
-        Field("entity", "str"),
-        Field("attribute", "str"),
-        Field("doc_id", "str", required=False, nullable=True, nonempty=True),
-    ),
-    # dev.jsonl: a question row without the split column (the file is the split).
-    "dev": tuple(f for f in _QUESTION_FIELDS if f.name != "split"),
-}
-"""Row kind -> fields, in canonical (written) order."""
-
 FILE_KIND: dict[str, str] = {"kb_v0": "kb", "kb_v1": "kb", "questions": "questions",
                              "train_docs": "train_docs", "train_qa": "qa", "inject_qa": "qa", "dev": "dev"}
+"""File key -> row kind (the row classes are in :mod:`updatelab.data.rows`)."""
 
 
-class RowProblem(ValueError):
-    """What is wrong with one row (no location; the caller adds it)."""
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object"}.get(type(value), type(value).__name__)
-
-
-def normalize_row(kind: str, obj: Any) -> dict[str, Any]:
-    """Check one parsed row of file kind `kind` and return it in canonical form.
-
-    Canonical form: every field present, in :data:`ROW_FIELDS` order, defaults filled in,
-    ``aliases`` as a list. A ``None`` value for an optional field means "absent" (``datasets``
-    fills absent keys with null). Raises :class:`RowProblem` with a one-line explanation.
-    """
-    fields = ROW_FIELDS[kind]
-    if not isinstance(obj, dict):
-        raise RowProblem(f"expected a JSON object, got {_type_name(obj)}")
-    known = {f.name for f in fields}
-    unknown = [k for k in obj if k not in known]
-    if unknown:
-        raise RowProblem(f"unknown key {unknown[0]!r}; allowed keys: {', '.join(f.name for f in fields)}")
-    out: dict[str, Any] = {}
-    for f in fields:
-        value = obj.get(f.name, _MISSING)
-        if value is _MISSING or (value is None and not f.required and not f.nullable):
-            if f.required:
-                raise RowProblem(f"missing key {f.name!r}")
-            out[f.name] = list(f.default) if f.type == "list[str]" else f.default
-            continue
-        if value is None:
-            if f.nullable:
-                out[f.name] = None
-                continue
-            raise RowProblem(f"key {f.name!r} is null; expected {'a string' if f.type == 'str' else f.type}")
-        if f.type == "str":
-            if not isinstance(value, str):
-                raise RowProblem(f"key {f.name!r} must be a string, got {_type_name(value)} {value!r}"[:300])
-            if f.nonempty and not value.strip():
-                raise RowProblem(f"empty {f.name!r}")
-            if f.choices is not None and value not in f.choices:
-                raise RowProblem(f"unknown {f.name} {value!r}; valid {f.name}s: {', '.join(f.choices)}")
-        elif f.type == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise RowProblem(f"key {f.name!r} must be an integer, got {_type_name(value)} {value!r}"[:300])
-            if value < 0:
-                raise RowProblem(f"key {f.name!r} must be >= 0, got {value}")
-        elif f.type == "list[str]":
-            if not isinstance(value, (list, tuple)):
-                raise RowProblem(f"key {f.name!r} must be a list of strings, got {_type_name(value)}")
-            for item in value:
-                if not isinstance(item, str):
-                    raise RowProblem(f"key {f.name!r} must be a list of strings, has {_type_name(item)} {item!r}"[:300])
-                if not item.strip():
-                    raise RowProblem(f"key {f.name!r} has an empty string")
-            value = list(value)
-        out[f.name] = value
-    return out
-
-
-def row_key(kind: str, row: Mapping[str, Any]) -> tuple[str, Any] | None:
+def row_key(kind: str, row: Any) -> tuple[str, Any] | None:
     """(name, value) of the key that must be unique within a file of this kind, if any."""
     if kind == "kb":
-        return "doc_id", row["doc_id"]
+        return "doc_id", row.doc_id
     if kind in ("questions", "dev"):
-        return "qid", row["qid"]
+        return "qid", row.qid
     if kind == "train_docs":
-        return "(entity, rendering)", (row["entity"], row["rendering"])
+        return "(entity, rendering)", (row.entity, row.rendering)
     return None
 
 
@@ -221,13 +109,13 @@ def check_update(rows: Mapping[str, Rows], loc: Locator) -> None:
     for key in ("kb_v1", "questions"):
         if not rows.get(key):
             raise loc.error(key, None, "no rows (a knowledge update needs at least one)")
-    v0 = {r["doc_id"]: r["text"] for _, r in rows["kb_v0"]}
-    v1 = {r["doc_id"]: r["text"] for _, r in rows["kb_v1"]}
+    v0 = {r.doc_id: r.text for _, r in rows["kb_v0"]}
+    v1 = {r.doc_id: r.text for _, r in rows["kb_v1"]}
 
     question_entities: set[str] = set()
     question_texts: dict[str, int] = {}
     for pos, q in rows["questions"]:
-        split, doc_id = q["split"], q["doc_id"]
+        split, doc_id = q.split, q.doc_id
         if split == "general":
             if doc_id is not None:
                 raise loc.error("questions", pos, f"split 'general' must have doc_id null, got {doc_id!r}")
@@ -243,47 +131,47 @@ def check_update(rows: Mapping[str, Rows], loc: Locator) -> None:
             if split == "unchanged" and changed:
                 raise loc.error("questions", pos,
                                 f"split 'unchanged' but its gold doc {doc_id!r} is new or changed in kb_v1")
-        if q["entity"]:
-            question_entities.add(q["entity"])
-        question_texts.setdefault(_norm_text(q["question"]), pos)
+        if q.entity:
+            question_entities.add(q.entity)
+        question_texts.setdefault(_norm_text(q.question), pos)
 
     if rows.get("train_docs") is not None:
-        v1_entities = {r["entity"] for _, r in rows["kb_v1"] if r["entity"]}
+        v1_entities = {r.entity for _, r in rows["kb_v1"] if r.entity}
         covered = set()
         for pos, r in rows["train_docs"]:
-            if r["entity"] not in v1_entities:
-                raise loc.error("train_docs", pos, f"entity {r['entity']!r} is not an entity of kb_v1")
-            covered.add(r["entity"])
-        missing = [e for e in _ordered(r["entity"] for _, r in rows["kb_v1"]) if e and e not in covered]
+            if r.entity not in v1_entities:
+                raise loc.error("train_docs", pos, f"entity {r.entity!r} is not an entity of kb_v1")
+            covered.add(r.entity)
+        missing = [e for e in _ordered(r.entity for _, r in rows["kb_v1"]) if e and e not in covered]
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
             raise loc.error("train_docs", None, "must cover every kb_v1 entity; none for "
                             + ", ".join(repr(e) for e in missing[:5]) + more)
 
     for pos, r in rows.get("train_qa") or ():
-        if r["entity"] and r["entity"] in question_entities:
-            raise loc.error("train_qa", pos, f"entity {r['entity']!r} is asked about in questions.jsonl "
+        if r.entity and r.entity in question_entities:
+            raise loc.error("train_qa", pos, f"entity {r.entity!r} is asked about in questions.jsonl "
                             "(train_qa must only use entities never evaluated)")
     training_texts: dict[str, tuple[str, int]] = {}
     for key in ("train_qa", "inject_qa"):
         for pos, r in rows.get(key) or ():
-            qpos = question_texts.get(_norm_text(r["question"]))
+            qpos = question_texts.get(_norm_text(r.question))
             if qpos is not None:
                 raise loc.error(key, pos,
                                 f"question is an evaluation question (questions {loc.describe('questions', qpos)})")
-            if r["doc_id"] is not None and r["doc_id"] not in v1:
-                raise loc.error(key, pos, f"doc_id {r['doc_id']!r} is not in kb_v1")
-            training_texts.setdefault(_norm_text(r["question"]), (key, pos))
+            if r.doc_id is not None and r.doc_id not in v1:
+                raise loc.error(key, pos, f"doc_id {r.doc_id!r} is not in kb_v1")
+            training_texts.setdefault(_norm_text(r.question), (key, pos))
     for pos, r in rows.get("dev") or ():
-        text = _norm_text(r["question"])
+        text = _norm_text(r.question)
         if text in question_texts:
             raise loc.error("dev", pos, "question is an evaluation question "
                             f"(questions {loc.describe('questions', question_texts[text])})")
         if text in training_texts:
             key, tpos = training_texts[text]
             raise loc.error("dev", pos, f"question is a training question ({key} {loc.describe(key, tpos)})")
-        if r["doc_id"] is not None and r["doc_id"] not in v1:
-            raise loc.error("dev", pos, f"doc_id {r['doc_id']!r} is not in kb_v1")
+        if r.doc_id is not None and r.doc_id not in v1:
+            raise loc.error("dev", pos, f"doc_id {r.doc_id!r} is not in kb_v1")
 
 
 def _norm_text(text: str) -> str:

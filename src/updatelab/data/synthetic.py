@@ -60,6 +60,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from updatelab.data.rows import Document, QAPair, Question, TrainDoc
 from updatelab.data.rows_io import write_jsonl
 from updatelab.data.schema import FILE_NAMES, META_FILE, SPLITS
 from updatelab.data.synthetic_vocab import (
@@ -219,12 +220,11 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
                          f"only have {len(pairs)} facts")
     unchanged_facts = [pairs[j] for j in sorted(rng.sample(range(len(pairs)), n_unchanged_questions))]
 
-    def question(qid: str, split: str, p: _Person, attr: str, templates: tuple[str, ...]) -> dict[str, Any]:
+    def question(qid: str, split: str, p: _Person, attr: str, templates: tuple[str, ...]) -> Question:
         a = _ATTR[attr]
         value = p.values[attr]
-        return {"qid": qid, "split": split, "question": rng.choice(templates).format(name=p.name), "answer": value,
-                "aliases": list(a.aliases.get(value, ())), "doc_id": p.doc_of(attr, spd), "entity": p.name,
-                "attribute": attr}
+        return Question(qid=qid, split=split, question=rng.choice(templates).format(name=p.name), answer=value,
+                        aliases=a.aliases.get(value, ()), doc_id=p.doc_of(attr, spd), entity=p.name, attribute=attr)
 
     questions = [question(f"updated-{j:04d}", "updated", p, a, _ATTR[a].questions) for j, (p, a) in enumerate(facts)]
     questions += [question(f"paraphrased-{j:04d}", "paraphrased", p, a, _ATTR[a].paraphrases)
@@ -232,9 +232,8 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
     questions += [question(f"unchanged-{j:04d}", "unchanged", p, a, _ATTR[a].questions)
                   for j, (p, a) in enumerate(unchanged_facts)]
     general = general_qa()[:n_general]
-    questions += [{"qid": f"general-{j:04d}", "split": "general", "question": g["question"], "answer": g["answer"],
-                   "aliases": list(g.get("aliases", [])), "doc_id": None, "entity": None, "attribute": None}
-                  for j, g in enumerate(general)]
+    questions += [Question(qid=f"general-{j:04d}", split="general", question=g["question"], answer=g["answer"],
+                           aliases=g.get("aliases", ())) for j, g in enumerate(general)]
 
     # The development split: demo people's changed facts in the evaluation's wordings (so it
     # measures what `updated`/`paraphrased` measure), never an evaluated person.
@@ -247,14 +246,12 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
     dev = []
     for p, attr in demo_facts:
         for templates in (_ATTR[attr].questions, _ATTR[attr].paraphrases):
-            row = question(f"dev-{len(dev):04d}", "dev", p, attr, templates)
-            del row["split"]
-            dev.append(row)
+            dev.append(question(f"dev-{len(dev):04d}", "dev", p, attr, templates))
 
     # Training data, all in training-only question wordings.
-    def qa_row(p: _Person, attr: str, template: str) -> dict[str, Any]:
-        return {"question": template.format(name=p.name), "answer": p.values[attr], "entity": p.name,
-                "attribute": attr, "doc_id": p.doc_of(attr, spd)}
+    def qa_row(p: _Person, attr: str, template: str) -> QAPair:
+        return QAPair(question=template.format(name=p.name), answer=p.values[attr], entity=p.name, attribute=attr,
+                      doc_id=p.doc_of(attr, spd))
 
     train_qa = [qa_row(p, a.name, t) for p in sorted(demo, key=lambda p: p.pid) for a in ATTRIBUTES
                 for t in a.train_questions[:qa_templates]]
@@ -267,14 +264,14 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
     for p, attr in changed_facts:
         inject_qa += [qa_row(p, attr, t) for t in _ATTR[attr].train_questions[:inject_templates]]
         if holders[(attr, p.values[attr])] == 1:
-            inject_qa += [{"question": t.format(value=p.values[attr]), "answer": p.name, "entity": p.name,
-                           "attribute": attr, "doc_id": p.doc_of(attr, spd)} for t in _ATTR[attr].reverse]
+            inject_qa += [QAPair(question=t.format(value=p.values[attr]), answer=p.name, entity=p.name,
+                                 attribute=attr, doc_id=p.doc_of(attr, spd)) for t in _ATTR[attr].reverse]
     rng = _rng(seed, "renderings")
     train_docs = []
     for p in people_v1 + new_people:
         kb_text = " ".join(p.sentence(a) for a in ATTRIBUTE_NAMES)
         seen = {kb_text}
-        train_docs.append({"entity": p.name, "text": kb_text, "rendering": 0})
+        train_docs.append(TrainDoc(entity=p.name, text=kb_text, rendering=0))
         for r in range(1, renderings):
             for _ in range(100):  # re-draw until this rendering differs from the earlier ones
                 sents = [p.sentence(a.name, rng.randrange(len(a.sentences))) for a in ATTRIBUTES]
@@ -283,27 +280,24 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
                 if text not in seen:
                     break
             seen.add(text)
-            train_docs.append({"entity": p.name, "text": text, "rendering": r})
+            train_docs.append(TrainDoc(entity=p.name, text=text, rendering=r))
 
     # Write.
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kb_v0 = [{"doc_id": d, "text": t, "entity": p.name} for p in people for d, t in p.chunks(spd)]
-    kb_v1 = [{"doc_id": d, "text": t, "entity": p.name} for p in people_v1 + new_people for d, t in p.chunks(spd)]
-    write_jsonl(out / FILE_NAMES["kb_v0"], kb_v0)
-    write_jsonl(out / FILE_NAMES["kb_v1"], kb_v1)
-    write_jsonl(out / FILE_NAMES["questions"], questions)
-    write_jsonl(out / FILE_NAMES["train_docs"], train_docs)
-    write_jsonl(out / FILE_NAMES["train_qa"], train_qa)
-    write_jsonl(out / FILE_NAMES["inject_qa"], inject_qa)
-    write_jsonl(out / FILE_NAMES["dev"], dev)
+    kb_v0 = [Document(doc_id=d, text=t, entity=p.name) for p in people for d, t in p.chunks(spd)]
+    kb_v1 = [Document(doc_id=d, text=t, entity=p.name) for p in people_v1 + new_people for d, t in p.chunks(spd)]
+    files = {"kb_v0": kb_v0, "kb_v1": kb_v1, "questions": questions, "train_docs": train_docs, "train_qa": train_qa,
+             "inject_qa": inject_qa, "dev": dev}
+    for key, items in files.items():
+        write_jsonl(out / FILE_NAMES[key], (item.to_row() for item in items))
 
-    v0_text = {d["doc_id"]: d["text"] for d in kb_v0}
+    v0_text = {d.doc_id: d.text for d in kb_v0}
     params = {"seed": seed, "n_people": n_people, "edit_fraction": edit_fraction, "n_new": n_new,
               "eval_fraction": eval_fraction, "n_unchanged_questions": n_unchanged_questions, "n_general": n_general,
               "renderings": renderings, "sentences_per_doc": sentences_per_doc, "qa_templates": qa_templates,
               "inject_templates": inject_templates}
-    split_counts = {s: n for s in SPLITS if (n := sum(q["split"] == s for q in questions))}
+    split_counts = {s: n for s in SPLITS if (n := sum(q.split == s for q in questions))}
     meta = {
         "generator": "updatelab.data.synthetic",
         "generator_version": GENERATOR_VERSION,
@@ -314,7 +308,7 @@ def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fract
             "people_v0": n_people, "people_v1": n_people + n_new, "edited_people": len(edited), "new_people": n_new,
             "evaluated_people": len(evaluated_edited) + len(evaluated_new), "demo_people": len(demo),
             "docs_v0": len(kb_v0), "docs_v1": len(kb_v1),
-            "changed_docs": sum(v0_text.get(d["doc_id"]) != d["text"] for d in kb_v1),
+            "changed_docs": sum(v0_text.get(d.doc_id) != d.text for d in kb_v1),
             "questions": split_counts, "train_docs": len(train_docs), "train_qa": len(train_qa),
             "inject_qa": len(inject_qa), "dev": len(dev),
         },

@@ -1,7 +1,9 @@
 """In-memory form of a knowledge update: KB v0 -> KB v1, the questions, optional training data.
 
 Everything is an immutable dataclass holding tuples, so a loaded update (and its fingerprint)
-cannot drift. Build one with :func:`updatelab.data.load.load_update`.
+cannot drift. The row classes (:class:`Document`, :class:`Question`, :class:`QAPair`,
+:class:`TrainDoc`) are the schema's own, from :mod:`updatelab.data.rows`. Build one with
+:func:`updatelab.data.load.load_update`.
 """
 
 from __future__ import annotations
@@ -13,80 +15,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from updatelab.data.rows import Document, QAPair, Question, TrainDoc
 from updatelab.data.rows_io import dumps_row, write_jsonl
-from updatelab.data.schema import DEV_SPLIT, FILE_NAMES, OPTIONAL_FILES, SPLITS
+from updatelab.data.schema import FILE_NAMES, OPTIONAL_FILES, SPLITS
 
-
-@dataclass(frozen=True)
-class Document:
-    """One KB document (a chunk that must stand on its own)."""
-
-    doc_id: str
-    text: str
-    entity: str = ""
-
-    def to_row(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "text": self.text, "entity": self.entity}
-
-
-@dataclass(frozen=True)
-class Question:
-    """An evaluation question. ``doc_id`` is the gold document in KB v1 (None for ``general``)."""
-
-    qid: str
-    split: str
-    question: str
-    answer: str
-    aliases: tuple[str, ...] = ()
-    doc_id: str | None = None
-    entity: str | None = None
-    attribute: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "aliases", tuple(self.aliases))
-
-    @property
-    def answers(self) -> tuple[str, ...]:
-        """All accepted answers: ``(answer, *aliases)``."""
-        return (self.answer, *self.aliases)
-
-    def to_row(self) -> dict[str, Any]:
-        row = {"qid": self.qid, "split": self.split, "question": self.question, "answer": self.answer,
-               "aliases": list(self.aliases), "doc_id": self.doc_id, "entity": self.entity,
-               "attribute": self.attribute}
-        if self.split == DEV_SPLIT:  # dev.jsonl has no split column: the file is the split
-            del row["split"]
-        return row
-
-
-@dataclass(frozen=True)
-class QAPair:
-    """A training QA pair: demo QA (``train_qa``, entities never evaluated) or injection QA
-    (``inject_qa``, the changed facts in training-only wording). ``doc_id``: the KB v1 document
-    holding the fact, when known."""
-
-    question: str
-    answer: str
-    entity: str = ""
-    attribute: str = ""
-    doc_id: str | None = None
-
-    def to_row(self) -> dict[str, Any]:
-        return {"question": self.question, "answer": self.answer, "entity": self.entity, "attribute": self.attribute,
-                "doc_id": self.doc_id}
-
-
-@dataclass(frozen=True)
-class TrainDoc:
-    """One rendering (``rendering`` = 0, 1, ...) of all KB v1 facts about ``entity``, for LoRA training."""
-
-    entity: str
-    text: str
-    rendering: int = 0
-
-    def to_row(self) -> dict[str, Any]:
-        return {"entity": self.entity, "text": self.text, "rendering": self.rendering}
-
+__all__ = ["Document", "KnowledgeUpdate", "QAPair", "Question", "TrainDoc", "compute_fingerprint"]
 
 _FILE_ATTRS = tuple(FILE_NAMES)  # kb_v0, kb_v1, questions, train_docs, train_qa, inject_qa, dev
 
@@ -210,6 +143,15 @@ class KnowledgeUpdate:
             (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                            encoding="utf-8")
         return out
+
+    def dataset(self, key: str):
+        """File `key`'s rows as a ``datasets.Dataset`` with the schema's Features (e.g. to push to
+        the hub); built from the loaded rows, so no file is read again."""
+        import datasets
+
+        from updatelab.data.rows import features_for
+
+        return datasets.Dataset.from_list([item.to_row() for item in getattr(self, key)], features=features_for(key))
 
     def summary(self) -> dict[str, Any]:
         """Counts, for logs."""

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from updatelab.data.formats import counterfact, tofu, zsre
 from updatelab.data.formats.common import Converted
 from updatelab.data.formats.read import Source, hub_records, local_source, parse_local
-from updatelab.data.rows_io import LocalLocator, read_jsonl, write_jsonl
+from updatelab.data.rows_io import LocalLocator, validate_rows, write_jsonl
 from updatelab.data.schema import FILE_NAMES, check_update
 
 CONVERTERS: dict[str, Callable[..., Converted]] = {
@@ -86,8 +86,9 @@ def _write(folder: Path, c: Converted, provenance: dict[str, Any]) -> None:
     for key, items in rows.items():
         write_jsonl(files[key], (item.to_row() for item in items))
     # The schema's own checks (gold docs exist, updated docs changed, unchanged ones not), so that
-    # a converter bug fails here, naming the row, instead of being cached.
+    # a converter bug fails here, naming the row, instead of being cached. The rows were checked
+    # one by one when the converter built them; positions are the lines just written.
     loc = LocalLocator(files)
-    check_update({key: read_jsonl(p, key, loc) for key, p in files.items()}, loc)
+    check_update({key: validate_rows(key, enumerate(items, 1), loc) for key, items in rows.items()}, loc)
     meta = {**provenance, **c.summary()}
     (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")

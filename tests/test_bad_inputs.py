@@ -50,6 +50,10 @@ CASES = [
     ("unknown-key", ["eval.topk=3"], "eval.topk"),
     ("grammar-error", ["seed=[1,2"], "seed"),
     ("bad-cell-in-a-sweep", ["-m", "strategy=stale,lora", "adapter.r=0"], "adapter.r"),
+    ("bool-not-a-bool", ["force=maybe"], "force"),
+    ("nested-not-a-number", ["shift.kl.batch_size=many"], "shift.kl.batch_size"),
+    ("arm-adapter-override-out-of-range", ["strategy=full_ft", "strategy.adapter_overrides.lr=-1"],
+     "strategy.adapter_overrides.lr"),
 ]
 
 

@@ -243,6 +243,25 @@ def _data_path(cfg: DictConfig) -> None:
         raise ConfigError("data.path", f"{p} is not a folder" if Path(str(p)).exists() else f"{p} does not exist")
 
 
+def _adapter_overrides(cfg: DictConfig) -> dict:
+    """A fine-tuning arm's own adapter keys (full_ft: method, lr), held to the adapter schema."""
+    import dataclasses
+
+    from updatelab.config_schema import AdapterConfig
+
+    overrides = _get(cfg, "strategy.adapter_overrides")
+    if not isinstance(overrides, dict):
+        return {}
+    valid = [f.name for f in dataclasses.fields(AdapterConfig)]
+    for name, v in overrides.items():
+        key = f"strategy.adapter_overrides.{name}"
+        if name not in valid:
+            raise ConfigError(key, f"not an adapter key. Valid keys: {', '.join(sorted(valid))}")
+        if not _allowed(AdapterConfig, name, v):
+            raise ConfigError(key, f"must be {describe(AdapterConfig, name)}, got {v!r}")
+    return overrides
+
+
 def validate(cfg: DictConfig) -> None:
     """Refuse a composed config that would fail later (or silently do the wrong thing)."""
     for part in ("model", "embedder"):
@@ -252,8 +271,10 @@ def validate(cfg: DictConfig) -> None:
         _data_path(cfg)
     # a switched-off probe's settings are inert, whatever they say
     check_declared(cfg, skip=() if _get(cfg, "shift.enabled") else ("shift",))
+    overrides = _adapter_overrides(cfg)
     _device(cfg)
-    if _get(cfg, "adapter.epochs") is None and _get(cfg, "adapter.max_steps") is None:
+    adapter = {**(_get(cfg, "adapter") or {}), **overrides}  # what the arm trains with
+    if adapter.get("epochs") is None and adapter.get("max_steps") is None:
         raise ConfigError("adapter.epochs", "set adapter.epochs or adapter.max_steps (both are null)")
     _writable("paths.results_dir", str(_get(cfg, "paths.results_dir")))
 

@@ -195,7 +195,7 @@ class RecipeStrategyConfig(StrategyConfig):
     raft: bool = MISSING
     raft_gold_p: Number = check(ge=0, le=1)
     reuse_adapter: bool = MISSING
-    adapter_overrides: Dict[str, Any] = MISSING  # any adapter key; checked where it is applied
+    adapter_overrides: Dict[str, Any] = MISSING  # adapter keys: checked against AdapterConfig (config_check)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from updatelab import config_schema
 from updatelab.config_check import ConfigError, check_config, describe, validate
-from updatelab.config_schema import AdapterConfig, Config, TrainerConfig
+from updatelab.config_schema import AdapterConfig, Config, EmbedderFtStrategyConfig, TrainerConfig
 from updatelab.run import CONFIG_DIR, run_id_for
 
 UNTYPED = {"experiment", "hydra"}  # an experiment's keys land in the typed groups; hydra/ is Hydra's own
@@ -85,6 +85,10 @@ def _declared(cfg, prefix=""):
 def _outside(schema, f):
     """A value just outside what the field declares."""
     m = f.metadata
+    if describe(schema, f.name).startswith("a non-empty list"):
+        return ["not-one-of-them"]
+    if "lt" in m:
+        return m["lt"]
     if "ge" in m:
         return m["ge"] - (1 if "integer" in describe(schema, f.name) else 0.5)
     if "gt" in m:
@@ -151,6 +155,8 @@ def test_describe_words_what_a_field_accepts():
     assert describe(AdapterConfig, "dropout") == "a number in [0, 1]"
     assert describe(AdapterConfig, "epochs") == "a number > 0 or null"
     assert describe(AdapterConfig, "scheduler") == "one of constant, cosine"
+    assert describe(EmbedderFtStrategyConfig, "warmup_ratio") == "a number in [0, 1)"
+    assert describe(EmbedderFtStrategyConfig, "sources") == "a non-empty list of inject_qa, train_qa"
     assert describe(Config, "threads") == "an integer >= 1, auto or null"
     assert describe(TrainerConfig, "precision").startswith("one of auto, ")
     assert describe(TrainerConfig, "precision").endswith(" or null")

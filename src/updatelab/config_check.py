@@ -98,22 +98,36 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return node
 
 
-def _field_kind(schema: type, name: str) -> tuple[set[type], bool]:
-    """The scalar types a schema field allows, and whether it may be null."""
+RANGE = ("ge", "gt", "le", "lt")
+
+
+def _field_kind(schema: type, name: str) -> tuple[set[Any], bool]:
+    """The types a schema field allows (`list` for a list field), and whether it may be null."""
     import typing
 
     hint = typing.get_type_hints(schema)[name]
     args = set(typing.get_args(hint)) if typing.get_origin(hint) is typing.Union else {hint}
+    args = {list if typing.get_origin(a) is list else a for a in args}
     return args - {type(None)}, type(None) in args
 
 
-def _numeric(types: set[type], meta: dict) -> str | None:
+def _numeric(types: set[Any], meta: dict) -> str | None:
     """'an integer' / 'a number' when the field holds a number (a range implies one), else None."""
-    if float in types or (meta.keys() & {"ge", "gt", "le"} and int not in types):
+    ranged = bool(meta.keys() & set(RANGE))
+    if float in types or (ranged and int not in types):
         return "a number"
-    if int in types and (meta.keys() & {"ge", "gt", "le"} or not types - {int}):
+    if int in types and (ranged or not types - {int}):
         return "an integer"
     return None
+
+
+def _range(meta: dict) -> str:
+    """'>= 1', '> 0', 'in (0, 1]', 'in [0, 1)', ... ('' without bounds)."""
+    lo = ("(", ">", meta["gt"]) if "gt" in meta else ("[", ">=", meta["ge"]) if "ge" in meta else None
+    hi = (")", "<", meta["lt"]) if "lt" in meta else ("]", "<=", meta["le"]) if "le" in meta else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[2]}, {hi[2]}{hi[0]}"
+    return f"{lo[1]} {lo[2]}" if lo else f"{hi[1]} {hi[2]}" if hi else ""
 
 
 def describe(schema: type, name: str) -> str:
@@ -125,15 +139,10 @@ def describe(schema: type, name: str) -> str:
     parts = []
     kind = _numeric(types, meta)
     if kind:
-        lo, hi = (meta.get("gt"), meta.get("ge")), meta.get("le")
-        if hi is not None and (lo[0] is not None or lo[1] is not None):
-            rng = f"in {'(' if lo[0] is not None else '['}{lo[0] if lo[0] is not None else lo[1]}, {hi}]"
-        elif hi is not None:
-            rng = f"<= {hi}"
-        else:
-            rng = f"> {lo[0]}" if lo[0] is not None else f">= {lo[1]}" if lo[1] is not None else ""
-        parts.append(f"{kind} {rng}".strip())
-    if meta.get("choices"):
+        parts.append(f"{kind} {_range(meta)}".strip())
+    if meta.get("choices") and list in types:
+        parts.append(f"a non-empty list of {', '.join(map(str, meta['choices']))}")
+    elif meta.get("choices"):
         parts += list(meta["choices"]) if parts else [f"one of {', '.join(map(str, meta['choices']))}"]
     if not parts:
         parts.append({bool: "true or false", str: "a string"}.get(next(iter(types), None), "a value of another type")
@@ -150,6 +159,8 @@ def _allowed(schema: type, name: str, v: Any) -> bool:
     types, nullable = _field_kind(schema, name)
     if v is None:
         return nullable
+    if "choices" in meta and list in types:
+        return isinstance(v, list) and bool(v) and all(str(x) in map(str, meta["choices"]) for x in v)
     if "choices" in meta and str(v) in map(str, meta["choices"]):
         return True
     kind = _numeric(types, meta)
@@ -159,7 +170,7 @@ def _allowed(schema: type, name: str, v: Any) -> bool:
     if not ok_type or isinstance(v, bool):
         return False
     return (("ge" not in meta or v >= meta["ge"]) and ("gt" not in meta or v > meta["gt"])
-            and ("le" not in meta or v <= meta["le"]))
+            and ("le" not in meta or v <= meta["le"]) and ("lt" not in meta or v < meta["lt"]))
 
 
 def check_declared(cfg: DictConfig, prefix: str = "", skip: tuple[str, ...] = ()) -> None:

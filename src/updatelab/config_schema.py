@@ -23,7 +23,7 @@ from omegaconf import MISSING, OmegaConf
 
 Number = Union[int, float]
 
-# Copies of the recipe's and Lightning's option lists: importing those modules here would load
+# Copies of the recipe's, the embedder tuning's and Lightning's option lists: importing those modules here would load
 # torch before a bad input could be refused (tests/test_bad_inputs.py checks they agree).
 ORDERS = ("mixed", "qa_then_docs", "docs_then_qa")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true",
@@ -31,13 +31,15 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "
 DATA_SOURCES = ("synthetic", "local", "hub", "counterfact", "zsre", "tofu")
 AUTOCAST = ("auto", "bfloat16", "float32")
 DTYPES = ("float32", "bfloat16", "float16")
+TUNING_SOURCES = ("inject_qa", "train_qa")  # updatelab/retrieval/embedder_tuning.py's SOURCES
 
 
-def check(ge: float | None = None, gt: float | None = None, le: float | None = None,
+def check(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
           choices: tuple = ()) -> Any:
     """A mandatory field (its value comes from the YAML) with its allowed range or values. With both a
-    range and choices (`threads`), a value may be either a number in range or one of the choices."""
-    meta = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le)) if v is not None}
+    range and choices (`threads`), a value may be either a number in range or one of the choices; a
+    list field with choices takes a non-empty list of them."""
+    meta = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
     if choices:
         meta["choices"] = tuple(choices)
     return field(default=MISSING, metadata=meta)
@@ -200,11 +202,11 @@ class RecipeStrategyConfig(StrategyConfig):
 
 @dataclass
 class EmbedderFtStrategyConfig(StrategyConfig):
-    sources: List[str] = MISSING
-    epochs: int = check(ge=1)
+    sources: List[str] = check(choices=TUNING_SOURCES)
+    epochs: Number = check(gt=0)
     batch_size: int = check(ge=2)  # in-batch negatives: one question alone has none
     lr: Number = check(gt=0)
-    warmup_ratio: Number = check(ge=0, le=1)
+    warmup_ratio: Number = check(ge=0, lt=1)
     scale: Number = check(gt=0)
 
 

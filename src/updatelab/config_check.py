@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from updatelab.config_schema import DATA_SOURCES, ORDERS, PRECISIONS  # noqa: F401  (ORDERS, PRECISIONS: the tests' names)
+from updatelab.config_schema import DATA_SOURCES, PRECISIONS  # noqa: F401  (PRECISIONS: the tests' name)
 
 
 class ConfigError(SystemExit):
@@ -171,6 +171,14 @@ def _allowed(schema: type, name: str, v: Any) -> bool:
         return False
     return (("ge" not in meta or v >= meta["ge"]) and ("gt" not in meta or v > meta["gt"])
             and ("le" not in meta or v <= meta["le"]) and ("lt" not in meta or v < meta["lt"]))
+
+
+def refuse_outside(schema: type, values: dict[str, Any], prefix: str) -> None:
+    """ValueError for the first value outside what its field in `schema` declares: the rules of a
+    composed config, for options built in Python too (library use, tests)."""
+    for name, v in values.items():
+        if not _allowed(schema, name, v):
+            raise ValueError(f"{prefix}{name} must be {describe(schema, name)}, got {v!r}")
 
 
 def check_declared(cfg: DictConfig, prefix: str = "", skip: tuple[str, ...] = ()) -> None:

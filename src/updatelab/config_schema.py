@@ -23,7 +23,8 @@ from omegaconf import MISSING, OmegaConf
 
 Number = Union[int, float]
 
-# Copies of the recipe's, the embedder tuning's and Lightning's option lists: importing those modules here would load
+# The recipe's orders and the embedder tuning's sources live here (those modules import them).
+# PRECISIONS and DATA_SOURCES copy Lightning's and data/formats' lists: importing those here would load
 # torch before a bad input could be refused (tests/test_bad_inputs.py checks they agree).
 ORDERS = ("mixed", "qa_then_docs", "docs_then_qa")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true",
@@ -31,7 +32,7 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "
 DATA_SOURCES = ("synthetic", "local", "hub", "counterfact", "zsre", "tofu")
 AUTOCAST = ("auto", "bfloat16", "float32")
 DTYPES = ("float32", "bfloat16", "float16")
-TUNING_SOURCES = ("inject_qa", "train_qa")  # updatelab/retrieval/embedder_tuning.py's SOURCES
+TUNING_SOURCES = ("inject_qa", "train_qa")  # embedder_ft's training wordings (retrieval/embedder_tuning.py)
 
 
 def check(ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,

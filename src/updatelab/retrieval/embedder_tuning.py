@@ -19,18 +19,17 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from updatelab.config_schema import TUNING_SOURCES as SOURCES  # declared with the strategy schema
 from updatelab.data.update import KnowledgeUpdate, Question
 from updatelab.retrieval.embedder import Embedder
 
 log = logging.getLogger("updatelab")
-
-SOURCES = ("inject_qa", "train_qa")
 
 
 @dataclass(frozen=True)
@@ -51,18 +50,13 @@ class TuningOptions:
     scale: float = 20.0  # MultipleNegativesRankingLoss: 1 / temperature on cosine similarity
 
     def __post_init__(self) -> None:
+        from updatelab.config_check import refuse_outside
+        from updatelab.config_schema import EmbedderFtStrategyConfig
+
         self.sources = tuple(self.sources)
-        bad = [s for s in self.sources if s not in SOURCES]
-        if bad or not self.sources:
-            raise ValueError(f"strategy.sources must be a non-empty subset of {', '.join(SOURCES)}, got {list(self.sources)}")
-        if not self.epochs > 0:
-            raise ValueError(f"strategy.epochs must be > 0, got {self.epochs!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 2):
-            raise ValueError(f"strategy.batch_size must be an integer >= 2 (in-batch negatives), got {self.batch_size!r}")
-        if not self.lr > 0:
-            raise ValueError(f"strategy.lr must be > 0, got {self.lr!r}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"strategy.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        # the ranges a composed config is held to (updatelab/config_schema.py), for options built in Python
+        refuse_outside(EmbedderFtStrategyConfig, {**{f.name: getattr(self, f.name) for f in fields(TuningOptions)},
+                                                  "sources": list(self.sources)}, "strategy.")
 
 
 class EmbedderLeakError(RuntimeError):

@@ -23,7 +23,7 @@ The loss is on answer tokens only: a QA example's prompt is context (`TrainExamp
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Sequence
 
 from updatelab.data.update import KnowledgeUpdate, QAPair
@@ -31,7 +31,6 @@ from updatelab.models.lm import PromptBuilder
 from updatelab.training.examples import TrainExample
 from updatelab.training.replay import take_cyclic
 
-ORDERS = ("mixed", "qa_then_docs", "docs_then_qa")
 
 Retriever = Callable[[Sequence[str]], list[list[str]]]
 """Questions -> ranked doc_ids of KB v1 for each (at least top_k + 1 of them)."""
@@ -51,14 +50,11 @@ class Recipe:
     raft_gold_p: float = 0.8
 
     def __post_init__(self) -> None:
-        if self.order not in ORDERS:
-            raise ValueError(f"strategy.order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        if not self.replay_ratio >= 0:
-            raise ValueError(f"strategy.replay_ratio must be >= 0, got {self.replay_ratio!r}")
-        if self.qa_per_fact is not None and not (isinstance(self.qa_per_fact, int) and self.qa_per_fact >= 1):
-            raise ValueError(f"strategy.qa_per_fact must be an integer >= 1 or null, got {self.qa_per_fact!r}")
-        if not 0.0 <= self.raft_gold_p <= 1.0:
-            raise ValueError(f"strategy.raft_gold_p must be in [0, 1], got {self.raft_gold_p!r}")
+        from updatelab.config_check import refuse_outside
+        from updatelab.config_schema import RecipeStrategyConfig
+
+        # the ranges a composed config is held to (updatelab/config_schema.py), for a Recipe built in Python
+        refuse_outside(RecipeStrategyConfig, {f.name: getattr(self, f.name) for f in fields(Recipe)}, "strategy.")
 
 
 @dataclass

@@ -120,6 +120,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
     hardware.reset_recorded()
     with wb.wandb_run(cfg.logger, resolved, run_id, out_dir) if rank_zero else contextlib.nullcontext() as run:
         update = load_knowledge_update(cfg.data, cfg.paths.data_dir)
+        wb.use_dataset(run, update)
         log.info("[%s] knowledge update %s: KB v0 %d docs -> v1 %d docs, %d questions",
                  run_id, update.name, len(update.kb_v0), len(update.kb_v1), len(update.questions))
         embedder = build_embedder(resolve_embedder(cfg.embedder), cfg.embedder, device=cfg.device)
@@ -164,10 +165,12 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
         }
         wb.log_config(run, {"precision": record["precision"], "threads_used": record["threads"],
                             **({"training_ran": record["training"]} if record["training"] else {})})
+        wb.log_scores(run, metrics)
         wb.log_summary(run, {"metrics": metrics, "cost": record["cost"], "shift": _shift_summary(record["shift"])})
         wb.log_shift(run, record["shift"])
         wb.log_predictions(run, predictions)
         write_results(target, record)
+        wb.log_outputs(run, target, record)
         log.info("[%s] done: %s", run_id, target)
     return record
 

@@ -3,6 +3,10 @@
 Offline by default (no account needed; `wandb sync` uploads later), `disabled` in tests.
 The run is always finished — with a non-zero exit code when the cell fails — so that an
 interrupted sweep never leaves a run that looks alive.
+
+Lineage: the knowledge update is a ``dataset`` artifact the run uses (one version per content,
+so the runs of a matched experiment hang off the same version); the results file is a
+``results`` artifact and a LoRA arm's adapter folder an ``adapter`` artifact, both outputs.
 """
 
 from __future__ import annotations
@@ -11,12 +15,22 @@ import contextlib
 import functools
 import logging
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import wandb
 
+from updatelab.data.schema import SPLITS
+
 log = logging.getLogger("updatelab")
+
+STEP = "trainer/global_step"
+"""The step Lightning's logger writes with every training metric: the optimizer step."""
+ACCURACY = ("em", "f1", "contains", "strict")
+"""The per-split scores of `updatelab.evaluation.split_metrics` that are accuracies."""
+SCORED_SPLITS = (*SPLITS, "stored")  # stored: the LM alone completing KB v1 facts (eval.stored_splits)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,6 +65,8 @@ def wandb_run(cfg: Mapping[str, Any], config: Mapping[str, Any], run_id: str, ou
         run = _online_or_offline(init, out_dir)
     else:
         run = init(mode=mode)
+    if _active(run):
+        define_metrics(run)
     try:
         yield run
     except BaseException as err:
@@ -99,7 +115,7 @@ def log_predictions(run: Any, predictions: list[Mapping[str, Any]]) -> None:
 
 def lightning_logger(run: Any):
     """A Lightning WandbLogger writing into the cell's run (None when W&B is disabled)."""
-    if run is None or getattr(run, "disabled", False) or run.settings.mode == "disabled":
+    if not _active(run):
         return None
     from pytorch_lightning.loggers import WandbLogger
 
@@ -134,3 +150,76 @@ def log_shift(run: Any, shift: Mapping[str, Any]) -> None:
         payload["shift/cross_layer"] = wandb.Image(fig)
         plt.close(fig)
     run.log(payload)
+
+
+def _active(run: Any) -> bool:
+    return run is not None and not getattr(run, "disabled", False) and run.settings.mode != "disabled"
+
+
+def define_metrics(run: Any) -> None:
+    """Training curves against the optimizer step; each split's accuracies, measured once on the
+    final system, at the step that system was trained to (none for arms that do not train) and
+    summarised by that value (W&B's default summary would be right too, but by accident)."""
+    # Lightning defines these only for a run it starts itself; this one it is handed.
+    run.define_metric(STEP)
+    run.define_metric("train/*", step_metric=STEP)
+    for split in SCORED_SPLITS:
+        for score in ACCURACY:
+            run.define_metric(f"metrics/{split}/{score}", step_metric=STEP, summary="last")
+
+
+def log_scores(run: Any, metrics: Mapping[str, Any]) -> None:
+    """The per-split accuracies as one history row (so the metrics defined above get their step)."""
+    if not _active(run):
+        return
+    row = {f"metrics/{split}/{score}": metrics[split][score] for split in SCORED_SPLITS
+           if isinstance(metrics.get(split), Mapping) for score in ACCURACY if score in metrics[split]}
+    if row:
+        run.log(row)
+
+
+def _artifact_name(*parts: str) -> str:
+    # W&B artifact names allow letters, digits, '-', '_' and '.' (a hub id has '/', a benchmark ':')
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts))[:128]
+
+
+def use_dataset(run: Any, update: Any) -> None:
+    """The knowledge update as a ``dataset`` artifact this run uses.
+
+    Its files are the update saved in canonical form (`KnowledgeUpdate.save`), not the source
+    folder: the same content then has the same digest, hence the same artifact version, whether
+    it came from a folder, the hub or a differently formatted copy (as the fingerprint)."""
+    if not _active(run):
+        return
+    art = wandb.Artifact(_artifact_name("data", update.name), type="dataset",
+                         metadata={**update.summary(), "fingerprint": update.fingerprint, "source": update.source})
+    with tempfile.TemporaryDirectory(prefix="updatelab-dataset-") as tmp:
+        update.save(tmp)
+        art.add_dir(tmp)  # copied into W&B's staging area now, so the folder may go
+        aliases = [f"fp-{update.fingerprint[:12]}"]
+        if run.settings._offline:
+            # `use_artifact` refuses offline runs, but for a new artifact all it does is log it
+            # marked "use after commit"; that record in the run file links it as an input on sync.
+            run._log_artifact(art, aliases=aliases, is_user_created=True, use_after_commit=True)
+        else:
+            run.use_artifact(art, aliases=aliases)
+
+
+def log_outputs(run: Any, results_file: Path, record: Mapping[str, Any]) -> None:
+    """The results file as a ``results`` artifact and, for a LoRA arm, its adapter folder as an
+    ``adapter`` artifact (a full fine-tune's model folder is not an adapter and is left out)."""
+    if not _active(run):
+        return
+    meta = {k: record.get(k) for k in ("experiment", "run_id", "strategy", "seed", "data_fingerprint")}
+    results = wandb.Artifact(_artifact_name("results", record["run_id"]), type="results", metadata=meta)
+    results.add_file(str(results_file))
+    run.log_artifact(results)
+    adapter = (record.get("artifacts") or {}).get("adapter") or {}
+    folder = Path(adapter["path"]) if adapter.get("path") else None
+    if folder is not None and (folder / "adapter_config.json").is_file():
+        art = wandb.Artifact(_artifact_name("adapter", record["run_id"]), type="adapter",
+                             metadata={**meta, "bytes": adapter.get("bytes")})
+        # Immutable: uploaded from the results folder it stays in, rather than copied into
+        # W&B's staging area to wait there for `wandb sync`.
+        art.add_dir(str(folder), policy="immutable")
+        run.log_artifact(art)

@@ -13,7 +13,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from updatelab import config_schema
-from updatelab.config_check import ConfigError, check_config, describe, validate
+from updatelab.config_check import ConfigError, check_config, validate
+from updatelab.config_rules import describe
 from updatelab.config_schema import AdapterConfig, Config, EmbedderFtStrategyConfig, TrainerConfig
 from updatelab.run import CONFIG_DIR, run_id_for
 

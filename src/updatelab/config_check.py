@@ -1,8 +1,10 @@
-"""Friendlier errors for command-line overrides, before Hydra composes the config.
+"""Bad inputs as one line, `error: <key>: <problem>` (exit 2), before any model loads.
 
-Hydra already lists valid options for an unknown group value (`strategy=foo`), but for an
-unknown key (`eval.topk=5`) it only says the key is not in struct mode. We compose once
-without key overrides and, for a key that does not exist, name the valid keys at that level.
+`check_overrides`: an unknown key (`eval.topk=5`) names the valid keys at its level (Hydra only says
+the key is not in struct mode; it lists valid options for an unknown group value itself).
+`check_config`: each cell of the command line composed -- a wrong type fails there, against the
+schema (updatelab/config_schema.py) -- and `validate`d: what the schema declares, then the rules
+that span keys or ask the machine.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from updatelab.config_rules import allowed, describe
 from updatelab.config_schema import DATA_SOURCES, PRECISIONS  # noqa: F401  (PRECISIONS: the tests' name)
 
 
@@ -98,89 +101,6 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return node
 
 
-RANGE = ("ge", "gt", "le", "lt")
-
-
-def _field_kind(schema: type, name: str) -> tuple[set[Any], bool]:
-    """The types a schema field allows (`list` for a list field), and whether it may be null."""
-    import typing
-
-    hint = typing.get_type_hints(schema)[name]
-    args = set(typing.get_args(hint)) if typing.get_origin(hint) is typing.Union else {hint}
-    args = {list if typing.get_origin(a) is list else a for a in args}
-    return args - {type(None)}, type(None) in args
-
-
-def _numeric(types: set[Any], meta: dict) -> str | None:
-    """'an integer' / 'a number' when the field holds a number (a range implies one), else None."""
-    ranged = bool(meta.keys() & set(RANGE))
-    if float in types or (ranged and int not in types):
-        return "a number"
-    if int in types and (ranged or not types - {int}):
-        return "an integer"
-    return None
-
-
-def _range(meta: dict) -> str:
-    """'>= 1', '> 0', 'in (0, 1]', 'in [0, 1)', ... ('' without bounds)."""
-    lo = ("(", ">", meta["gt"]) if "gt" in meta else ("[", ">=", meta["ge"]) if "ge" in meta else None
-    hi = (")", "<", meta["lt"]) if "lt" in meta else ("]", "<=", meta["le"]) if "le" in meta else None
-    if lo and hi:
-        return f"in {lo[0]}{lo[2]}, {hi[2]}{hi[0]}"
-    return f"{lo[1]} {lo[2]}" if lo else f"{hi[1]} {hi[2]}" if hi else ""
-
-
-def describe(schema: type, name: str) -> str:
-    """What a field accepts, in words: 'an integer >= 1 or null', 'one of constant, cosine', ..."""
-    import dataclasses
-
-    meta = dict(next(f for f in dataclasses.fields(schema) if f.name == name).metadata)
-    types, nullable = _field_kind(schema, name)
-    parts = []
-    kind = _numeric(types, meta)
-    if kind:
-        parts.append(f"{kind} {_range(meta)}".strip())
-    if meta.get("choices") and list in types:
-        parts.append(f"a non-empty list of {', '.join(map(str, meta['choices']))}")
-    elif meta.get("choices"):
-        parts += list(meta["choices"]) if parts else [f"one of {', '.join(map(str, meta['choices']))}"]
-    if not parts:
-        parts.append({bool: "true or false", str: "a string"}.get(next(iter(types), None), "a value of another type")
-                     if len(types) == 1 else "a value of another type")
-    if nullable:
-        parts.append("null")
-    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} or {parts[-1]}"
-
-
-def _allowed(schema: type, name: str, v: Any) -> bool:
-    import dataclasses
-
-    meta = next(f for f in dataclasses.fields(schema) if f.name == name).metadata
-    types, nullable = _field_kind(schema, name)
-    if v is None:
-        return nullable
-    if "choices" in meta and list in types:
-        return isinstance(v, list) and bool(v) and all(str(x) in map(str, meta["choices"]) for x in v)
-    if "choices" in meta and str(v) in map(str, meta["choices"]):
-        return True
-    kind = _numeric(types, meta)
-    if kind is None:
-        return "choices" not in meta  # a plain typed field: OmegaConf checked its type
-    ok_type = isinstance(v, int) if kind == "an integer" else isinstance(v, (int, float))
-    if not ok_type or isinstance(v, bool):
-        return False
-    return (("ge" not in meta or v >= meta["ge"]) and ("gt" not in meta or v > meta["gt"])
-            and ("le" not in meta or v <= meta["le"]) and ("lt" not in meta or v < meta["lt"]))
-
-
-def refuse_outside(schema: type, values: dict[str, Any], prefix: str) -> None:
-    """ValueError for the first value outside what its field in `schema` declares: the rules of a
-    composed config, for options built in Python too (library use, tests)."""
-    for name, v in values.items():
-        if not _allowed(schema, name, v):
-            raise ValueError(f"{prefix}{name} must be {describe(schema, name)}, got {v!r}")
-
-
 def check_declared(cfg: DictConfig, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
     """Every field of every schema-typed node under `cfg` is set and within what its schema declares."""
     import dataclasses
@@ -198,7 +118,7 @@ def check_declared(cfg: DictConfig, prefix: str = "", skip: tuple[str, ...] = ()
         v = _get(cfg, name)
         if not OmegaConf.is_interpolation(cfg, name) and OmegaConf.is_dict(cfg[name]):
             check_declared(cfg[name], f"{key}.", skip)
-        elif name in declared and not _allowed(schema, name, v):
+        elif name in declared and not allowed(schema, name, v):
             raise ConfigError(key, f"must be {describe(schema, name)}, got {v!r}")
 
 
@@ -276,7 +196,7 @@ def _adapter_overrides(cfg: DictConfig) -> dict:
         key = f"strategy.adapter_overrides.{name}"
         if name not in valid:
             raise ConfigError(key, f"not an adapter key. Valid keys: {', '.join(sorted(valid))}")
-        if not _allowed(AdapterConfig, name, v):
+        if not allowed(AdapterConfig, name, v):
             raise ConfigError(key, f"must be {describe(AdapterConfig, name)}, got {v!r}")
     return overrides
 

@@ -50,7 +50,7 @@ class TuningOptions:
     scale: float = 20.0  # MultipleNegativesRankingLoss: 1 / temperature on cosine similarity
 
     def __post_init__(self) -> None:
-        from updatelab.config_check import refuse_outside
+        from updatelab.config_rules import refuse_outside
         from updatelab.config_schema import EmbedderFtStrategyConfig
 
         self.sources = tuple(self.sources)

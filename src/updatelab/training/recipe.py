@@ -50,7 +50,7 @@ class Recipe:
     raft_gold_p: float = 0.8
 
     def __post_init__(self) -> None:
-        from updatelab.config_check import refuse_outside
+        from updatelab.config_rules import refuse_outside
         from updatelab.config_schema import RecipeStrategyConfig
 
         # the ranges a composed config is held to (updatelab/config_schema.py), for a Recipe built in Python

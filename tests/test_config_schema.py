@@ -161,3 +161,24 @@ def test_describe_words_what_a_field_accepts():
     assert describe(Config, "threads") == "an integer >= 1, auto or null"
     assert describe(TrainerConfig, "precision").startswith("one of auto, ")
     assert describe(TrainerConfig, "precision").endswith(" or null")
+
+
+@pytest.mark.parametrize("body,key,problem", [
+    ("r: abc", "adapter.r", "must be an integer >= 1, got 'abc'"),
+    ("rr: 3", "adapter.rr", "unknown config key in adapter/mine.yaml. Valid keys: alpha, "),
+], ids=["wrong-type", "unknown-key"])
+def test_an_option_file_is_held_to_its_schema_at_compose_time(tmp_path, monkeypatch, body, key, problem):
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    from updatelab.config_check import _hydra_error
+
+    conf = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, conf)
+    (conf / "adapter" / "mine.yaml").write_text(f"defaults:\n  - lora\n  - _self_\n{body}\n")
+    monkeypatch.setenv("UPDATELAB_ROOT", str(tmp_path))
+    with pytest.raises(Exception) as err, initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        compose("config", overrides=["adapter=mine"])
+    one_line = _hydra_error(None, err.value)
+    assert one_line.key == key and one_line.problem.startswith(problem)

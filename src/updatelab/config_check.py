@@ -212,29 +212,35 @@ def validate(cfg: DictConfig) -> None:
     check_declared(cfg, skip=() if _get(cfg, "shift.enabled") else ("shift",))
     overrides = _adapter_overrides(cfg)
     _device(cfg)
-    adapter = {**(_get(cfg, "adapter") or {}), **overrides}  # what the arm trains with
+    adapter = _get(cfg, "adapter")
+    adapter = {**(adapter if isinstance(adapter, dict) else {}), **overrides}  # what the arm trains with
     if adapter.get("epochs") is None and adapter.get("max_steps") is None:
         raise ConfigError("adapter.epochs", "set adapter.epochs or adapter.max_steps (both are null)")
     _writable("paths.results_dir", str(_get(cfg, "paths.results_dir")))
 
 
-def _type_error(err: Exception) -> ConfigError | None:
-    """A value OmegaConf refused for a schema field's type (at compose time), worded as `validate`
-    words a value out of range; None when `err` is not one."""
+def _omegaconf_error(err: Exception) -> ConfigError | None:
+    """What OmegaConf refused while Hydra composed -- a value of the wrong type for a schema field, a
+    key the schema lacks (in an option file) -- as one line naming the key; None when `err` is not that."""
     import dataclasses
     import re
 
-    from omegaconf.errors import ValidationError
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
     cause = err
-    while cause is not None and not isinstance(cause, ValidationError):
+    while cause is not None and not isinstance(cause, (ValidationError, ConfigKeyError)):
         cause = cause.__cause__ or cause.__context__
-    if cause is None or not getattr(cause, "full_key", None):
+    if cause is None or not isinstance(cause, OmegaConfBaseException) or not getattr(cause, "full_key", None):
         return None
     schema, leaf = getattr(cause, "object_type", None), str(cause.key)
+    fields = [f.name for f in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+    if isinstance(cause, ConfigKeyError):
+        where = re.match(r"In '([^']+)'", str(err))
+        return ConfigError(cause.full_key, f"unknown config key{f' in {where.group(1)}.yaml' if where else ''}"
+                                           + (f". Valid keys: {', '.join(sorted(fields))}" if fields else ""))
     m = re.search(r"Value '(.*?)'", str(cause.msg))
     got = f", got {m.group(1)!r}" if m else ""
-    if dataclasses.is_dataclass(schema) and leaf in {f.name for f in dataclasses.fields(schema)}:
+    if leaf in fields:
         return ConfigError(cause.full_key, f"must be {describe(schema, leaf)}{got}")
     return ConfigError(cause.full_key, str(cause.msg).splitlines()[0])
 
@@ -243,9 +249,9 @@ def _hydra_error(arg: str | None, err: Exception) -> ConfigError:
     """Hydra's multi-line composition errors as one line."""
     import re
 
-    typed = _type_error(err)
-    if typed is not None:
-        return typed
+    refused = _omegaconf_error(err)
+    if refused is not None:
+        return refused
     text = str(err).strip()
     m = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if m:

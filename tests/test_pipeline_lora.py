@@ -11,7 +11,7 @@ from updatelab.run import run_cell
 
 
 # lora_rag's options set back to lora's: the two cells then train identically.
-SAME_RECIPE_AS_LORA = ("strategy.raft=false", "strategy.qa_per_fact=null", "~strategy.adapter_overrides")
+SAME_RECIPE_AS_LORA = ("strategy.raft=false", "strategy.qa_per_fact=null", "strategy.adapter_overrides=null")
 
 
 def _tiny_lora_cfg(root, strategy: str, *overrides: str):

@@ -198,7 +198,7 @@ class RecipeStrategyConfig(StrategyConfig):
     raft: bool = MISSING
     raft_gold_p: Number = check(ge=0, le=1)
     reuse_adapter: bool = MISSING
-    adapter_overrides: Dict[str, Any] = MISSING  # adapter keys: checked against AdapterConfig (config_check)
+    adapter_overrides: Optional[Dict[str, Any]] = MISSING  # null = none; adapter keys: checked against AdapterConfig (config_check)
 
 
 @dataclass

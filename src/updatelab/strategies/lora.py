@@ -90,7 +90,7 @@ class Lora(Recipe, Strategy):
         overrides = self.adapter_overrides
         if isinstance(overrides, DictConfig):
             overrides = OmegaConf.to_container(overrides, resolve=True)
-        return {**OmegaConf.to_container(ctx.cfg.adapter, resolve=True), **dict(overrides)}
+        return {**OmegaConf.to_container(ctx.cfg.adapter, resolve=True), **dict(overrides or {})}
 
     def _training_key(self, ctx: RunContext, acfg: dict, examples: Sequence[TrainExample],
                       dev_prompts: Sequence[str]) -> str:

@@ -303,7 +303,8 @@ def run(args: argparse.Namespace) -> dict:
     n_examples = args.examples or (16 if args.quick else 128)
     print(f"[{NAME}] building the default update's training examples ...", flush=True)
     cfg = bl.default_config(["strategy=lora"])
-    adapter = {**cfg["adapter"], "epochs": 1, "max_steps": None}
+    # One epoch, no dev selection: the throughput of the training loop itself.
+    adapter = {**cfg["adapter"], "epochs": 1, "max_steps": None, "select": "last", "patience": None}
     if args.batch_size or args.quick:
         adapter["batch_size"] = args.batch_size or 8
     if args.max_length or args.quick:

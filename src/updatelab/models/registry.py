@@ -2,7 +2,7 @@
 
 The default models ship inside PyPI packages so that a machine that reaches only package
 registries can run everything. The packaged LM is a GGUF file; transformers de-quantizes it
-on every load (~15 s) and flags the result as quantized, which blocks `save_pretrained` and
+on every load and flags the result as quantized, which blocks `save_pretrained` and
 training. We therefore convert it once into a plain safetensors folder and load that.
 """
 
@@ -38,7 +38,7 @@ def _convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors in %s (one time, ~15 s)", gguf_file, out_dir)
+    log.info("converting %s to safetensors in %s (one time)", gguf_file, out_dir)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)

@@ -109,7 +109,7 @@ def generate(
     a dtype name, None (fp32) or "auto" (`generation_autocast`).
     """
     device = next(model.parameters()).device
-    autocast = generation_autocast(model, tokenizer, prompts, autocast, batch_size=min(batch_size, 4))
+    autocast = generation_autocast(model, tokenizer, prompts, autocast)
     enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
     answers: list[str] = [""] * len(prompts)
@@ -148,22 +148,30 @@ def generate(
     return answers, stats
 
 
-def generation_autocast(model, tokenizer, prompts: Sequence[str], requested: str | None = "auto",
-                        batch_size: int = 4, new_tokens: int = 4) -> str | None:
+# Generation's precision is measured on a batch shaped like the expensive case (RAG prompts, a batch
+# of several): a few short closed-book prompts are all overhead, and there fp32 and bf16 tie.
+MEASURE_PROMPTS, MEASURE_WORDS, MEASURE_NEW_TOKENS = 8, 96, 4
+
+
+def generation_autocast(model, tokenizer, prompts: Sequence[str], requested: str | None = "auto") -> str | None:
     """The autocast dtype `generate` runs with (`updatelab.hardware.choose`, phase ``generate``):
-    explicit values unchanged; "auto" times one batch of `prompts` (the first `batch_size` of
-    them, `new_tokens` new tokens, greedy) in fp32 and under bf16 autocast, once per machine."""
+    explicit values unchanged; "auto" times one fixed batch (`MEASURE_PROMPTS` texts of
+    `MEASURE_WORDS` words, `MEASURE_NEW_TOKENS` new tokens, greedy) in fp32 and under bf16
+    autocast, once per machine. `prompts` only says whether there is anything to generate."""
     from updatelab import hardware
 
     device = next(model.parameters()).device
     if requested != "auto":
         hardware.choose("generate", requested, model=hardware.model_id(model), device=device)  # recorded
         return requested
-    sample = list(prompts[:batch_size])
+    words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
+             "born works city company studied plays river north music").split()
+    sample = [" ".join(words[(i + j) % len(words)] for j in range(MEASURE_WORDS)) for i in range(MEASURE_PROMPTS)]
 
     def measure(candidate: str) -> None:
-        generate(model, tokenizer, sample, max_new_tokens=new_tokens, batch_size=len(sample), autocast=candidate,
-                 progress=False)
+        generate(model, tokenizer, sample, max_new_tokens=MEASURE_NEW_TOKENS, batch_size=len(sample),
+                 autocast=candidate, progress=False)
 
-    return hardware.choose("generate", "auto", measure=measure if sample else None, model=hardware.model_id(model),
-                           device=device).precision
+    shape = f"{MEASURE_PROMPTS}x{MEASURE_WORDS}w+{MEASURE_NEW_TOKENS}"  # in the key: another shape, another measurement
+    return hardware.choose("generate", "auto", measure=measure if prompts else None,
+                           model=f"{hardware.model_id(model)}:{shape}", device=device).precision

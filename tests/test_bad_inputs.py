@@ -138,3 +138,10 @@ def test_prune_empty_keeps_the_checkpoint_and_removes_empty_folders(tmp_path):
     (results / "default" / "lora_x" / "train" / "checkpoints" / "last.ckpt").write_text("x")
     _prune_empty(results / "default" / "lora_x", stop=results)
     assert (results / "default" / "lora_x" / "train" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_the_values_of_hydra_flags_are_not_read_as_overrides():
+    from updatelab.config_check import cells
+
+    assert cells(["--cfg", "job", "seed=3"]) == [["seed=3"]]
+    assert cells(["-cn", "config", "--package", "_global_", "seed=3"]) == [["seed=3"]]

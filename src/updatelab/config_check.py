@@ -264,13 +264,29 @@ def _hydra_error(arg: str | None, err: Exception) -> ConfigError:
     return ConfigError(key, f"{first}" + (f" (in '{arg}')" if arg else ""))
 
 
+# Hydra's flags that take a value as the next argument (`--cfg job`, `-cn other`): the value is not an override.
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                "--experimental-rerun"}
+
+
+def _without_flag_values(args: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        skip = a in _VALUE_FLAGS
+        out.append(a)
+    return out
+
+
 def cells(argv: list[str] | None = None, limit: int = 200) -> list[list[str]]:
     """The overrides of every cell a command line runs (a sweep's grid, at most `limit` cells);
     Hydra's own flags and `hydra.*` overrides are left out. Parse errors are ConfigErrors."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = _without_flag_values(list(sys.argv[1:] if argv is None else argv))
     multirun = "-m" in args or "--multirun" in args
     args = [a for a in args if not a.startswith("-") and not a.startswith(("hydra.", "hydra/", "+hydra", "++hydra"))]
     parser = OverridesParser.create()

@@ -38,17 +38,15 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 
+import benchlib as bl
+
 METHODS = ["minibatch", "minibatch_f32", "linear_stream", "naive", "ckatorch_diag", "ckatorch_cross"]
-HERE = Path(__file__).resolve().parent
+WORKER_PARAMS = ("layers", "n", "hidden", "batch_size", "threads", "seed")
 
 
 # --------------------------------------------------------------------------------------
@@ -176,7 +174,7 @@ RUNNERS = {
 
 
 # --------------------------------------------------------------------------------------
-# Worker: one method, one fresh process
+# Worker: one method, one fresh process (benchlib's --worker/--params protocol)
 # --------------------------------------------------------------------------------------
 
 
@@ -189,87 +187,44 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def machine_busy_seconds() -> float:
-    """CPU-seconds all processes have spent busy since boot (every core summed)."""
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def worker(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    a, b = make_activations(args.layers, args.n, args.hidden, args.seed)
-    run = RUNNERS[args.worker]
+def worker(method: str, p: dict) -> dict:
+    bl.set_threads(p["threads"])
+    a, b = make_activations(p["layers"], p["n"], p["hidden"], p["seed"])
+    run = RUNNERS[method]
     # Warm-up on a slice: thread pools and kernels initialise outside the timed region.
-    warm = min(args.n, 2 * args.batch_size)
-    run(a[:2, :warm].clone(), b[:2, :warm].clone(), args.batch_size)
+    warm = min(p["n"], 2 * p["batch_size"])
+    run(a[:2, :warm].clone(), b[:2, :warm].clone(), p["batch_size"])
 
     rss_before, max_before = rss_mb(), max_rss_mb()
     load_before = os.getloadavg()[0]
-    busy_start, cpu_start, start = machine_busy_seconds(), cpu_seconds(), time.perf_counter()
-    out = run(a, b, args.batch_size)
-    elapsed = time.perf_counter() - start
-    cpu = cpu_seconds() - cpu_start
-    others = max(0.0, machine_busy_seconds() - busy_start - cpu)
+    with bl.timed() as t:
+        out = run(a, b, p["batch_size"])
     max_after = max_rss_mb()
-    print(
-        json.dumps(
-            {
-                "method": args.worker,
-                "seconds": elapsed,
-                # CPU time of all threads: less sensitive than wall time to other work on
-                # a shared machine; with --threads 2 and no contention, wall ~ cpu / 2.
-                "cpu_seconds": cpu,
-                # The machine is shared: cores' worth of other processes' work while this
-                # method ran (0 = it had the machine to itself, 2 = full contention).
-                "others_busy_cores": others / elapsed,
-                # Peak resident memory above what the process held when the method started.
-                # If the method never exceeded the earlier peak (data generation), this is
-                # an upper bound; max_rss_before_mb - rss_before_mb shows that slack.
-                "peak_extra_mb": max(0.0, max(max_after, max_before) - rss_before),
-                "rss_before_mb": rss_before,
-                "max_rss_before_mb": max_before,
-                "loadavg_1min_before": load_before,
-                "diagonal": [float(v) for v in out["diagonal"]],
-                "cross_shape": list(out["cross"].shape) if out["cross"] is not None else None,
-            }
-        )
-    )
+    return {
+        "method": method,
+        "seconds": t.wall_s,
+        # CPU time of all threads: less sensitive than wall time to other work on
+        # a shared machine; with --threads 2 and no contention, wall ~ cpu / 2.
+        "cpu_seconds": t.cpu_s,
+        # Cores' worth of other processes' work while this method ran (0 = it had the machine
+        # to itself, 2 = full contention). Always a number, unlike t.others_busy_cores: the
+        # report takes its median; on runs shorter than bl.MIN_CONTENTION_WALL_S it is noise.
+        "others_busy_cores": t.others_busy_s / t.wall_s,
+        # Peak resident memory above what the process held when the method started.
+        # If the method never exceeded the earlier peak (data generation), this is
+        # an upper bound; max_rss_before_mb - rss_before_mb shows that slack.
+        "peak_extra_mb": max(0.0, max(max_after, max_before) - rss_before),
+        "rss_before_mb": rss_before,
+        "max_rss_before_mb": max_before,
+        "loadavg_1min_before": load_before,
+        "diagonal": [float(v) for v in out["diagonal"]],
+        "cross_shape": list(out["cross"].shape) if out["cross"] is not None else None,
+    }
 
 
 # --------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------
-
-
-def wait_for_quiet(args: argparse.Namespace) -> float:
-    """Wait (up to --quiet-wait s) until other processes use < --quiet-cpu % of the machine.
-
-    The machine is shared; starting a timing while someone's test suite runs measures the
-    test suite. Returns the busy percentage seen when the run started.
-    """
-    deadline = time.monotonic() + args.quiet_wait
-    while True:
-        busy = psutil.cpu_percent(interval=1.0)
-        if busy < args.quiet_cpu or time.monotonic() >= deadline:
-            return busy
-        time.sleep(2.0)
-
-
-def run_worker(method: str, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", method,
-        "--layers", str(args.layers), "--n", str(args.n), "--hidden", str(args.hidden),
-        "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--seed", str(args.seed),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{method} worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def reference_biased_diagonal(args: argparse.Namespace) -> np.ndarray:
@@ -298,46 +253,46 @@ def main() -> None:
     p.add_argument("--target-seconds", type=float, default=3.0)
     p.add_argument("--quiet-cpu", type=float, default=25.0, help="start a run only below this machine CPU %%")
     p.add_argument("--quiet-wait", type=float, default=90.0, help="longest wait for --quiet-cpu, seconds")
-    p.add_argument("--out", type=Path, default=HERE / "cka.json")
+    p.add_argument("--out", type=Path, default=bl.HERE / "cka.json")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    p.add_argument("--params", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        worker(args)
+        bl.emit(worker(args.worker, json.loads(args.params)))
         return
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}")
-    skipped: dict[str, str] = {}
-    if importlib.util.find_spec("ckatorch") is None:
-        for m in ("ckatorch_diag", "ckatorch_cross"):
-            if m in methods:
-                methods.remove(m)
-                skipped[m] = "ckatorch is not installed in this environment"
-    elif args.n % args.batch_size:
-        for m in ("ckatorch_diag", "ckatorch_cross"):
-            if m in methods:
-                methods.remove(m)
-                skipped[m] = "ckatorch.cka_batch needs n divisible by the batch size"
+    why = ("ckatorch is not installed in this environment" if importlib.util.find_spec("ckatorch") is None
+           else "ckatorch.cka_batch needs n divisible by the batch size" if args.n % args.batch_size else None)
+    skipped = {m: why for m in ("ckatorch_diag", "ckatorch_cross") if why and m in methods}
+    methods = [m for m in methods if m not in skipped]
 
+    machine = {
+        **bl.machine_info(args.threads),
+        # the keys cka_report.py renders
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "ckatorch": bl._version("ckatorch"),
+    }
+    params = {k: getattr(args, k) for k in WORKER_PARAMS}
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     slow = {"ckatorch_cross"}
-    for rep in range(args.repeats):
-        order = methods[rep % len(methods):] + methods[: rep % len(methods)]  # alternate
-        for m in order:
-            if m in slow and rep >= args.slow_repeats:
-                continue
-            busy = wait_for_quiet(args)
-            r = run_worker(m, args)
-            r["machine_cpu_percent_at_start"] = busy
-            runs[m].append(r)
-            print(
-                f"  repeat {rep + 1}/{args.repeats}  {m:<15} {r['seconds']:8.3f} s  cpu {r['cpu_seconds']:8.3f} s"
-                f"  peak +{r['peak_extra_mb']:7.1f} MB"
-                f"  (other processes: {r['others_busy_cores']:.2f} cores)",
-                flush=True,
-            )
+    for rep, m in bl.alternate(methods, args.repeats):
+        if m in slow and rep >= args.slow_repeats:
+            continue
+        busy = bl.wait_for_quiet(args.quiet_cpu, args.quiet_wait)
+        r = bl.run_worker(Path(__file__).resolve(), m, params)
+        r["machine_cpu_percent_at_start"] = busy
+        runs[m].append(r)
+        print(
+            f"  repeat {rep + 1}/{args.repeats}  {m:<15} {r['seconds']:8.3f} s  cpu {r['cpu_seconds']:8.3f} s"
+            f"  peak +{r['peak_extra_mb']:7.1f} MB"
+            f"  (other processes: {r['others_busy_cores']:.2f} cores)",
+            flush=True,
+        )
 
     diagonals = {m: np.array(rs[0]["diagonal"]) for m, rs in runs.items()}
     reference_biased = reference_biased_diagonal(args) if "linear_stream" in methods else None
@@ -349,23 +304,18 @@ def main() -> None:
 
     results = {}
     for m, rs in runs.items():
-        secs = [r["seconds"] for r in rs]
-        peaks = [r["peak_extra_mb"] for r in rs]
+        secs = bl.summarize(r["seconds"] for r in rs)
         results[m] = {
-            "median_seconds": statistics.median(secs),
-            "seconds": secs,
+            "median_seconds": secs["median"],
+            "seconds": [r["seconds"] for r in rs],
             # Best of the runs: the least contaminated by other work on the shared machine.
-            "min_seconds": min(secs),
+            "min_seconds": secs["min"],
             "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in rs),
             "cpu_seconds": [r["cpu_seconds"] for r in rs],
-            "median_peak_extra_mb": statistics.median(peaks),
-            "peak_extra_mb": peaks,
-            "loadavg_1min_before": [r["loadavg_1min_before"] for r in rs],
-            "others_busy_cores": [r["others_busy_cores"] for r in rs],
-            "machine_cpu_percent_at_start": [r["machine_cpu_percent_at_start"] for r in rs],
-            "rss_before_mb": rs[0]["rss_before_mb"],
-            "max_rss_before_mb": rs[0]["max_rss_before_mb"],
-            "cross_shape": rs[0]["cross_shape"],
+            "median_peak_extra_mb": statistics.median(r["peak_extra_mb"] for r in rs),
+            **{k: [r[k] for r in rs] for k in ("peak_extra_mb", "loadavg_1min_before", "others_busy_cores",
+                                                "machine_cpu_percent_at_start")},
+            **{k: rs[0][k] for k in ("rss_before_mb", "max_rss_before_mb", "cross_shape")},
             # Diagonals must agree across repeats bit for bit (deterministic inputs).
             "deterministic": all(r["diagonal"] == rs[0]["diagonal"] for r in rs),
             "max_abs_diff_diag_vs_minibatch": max_diff(m, "minibatch"),
@@ -378,15 +328,8 @@ def main() -> None:
         )
 
     report = {
-        "config": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "torch_threads": args.threads,
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "ckatorch": _version("ckatorch"),
-        },
+        "config": {k: v for k, v in vars(args).items() if k not in ("worker", "params", "out")},
+        "machine": machine,
         "target_seconds": args.target_seconds,
         "minibatch_meets_target": (
             results["minibatch"]["median_seconds"] <= args.target_seconds if "minibatch" in results else None
@@ -439,15 +382,6 @@ def main() -> None:
         secs = results["minibatch"]["median_seconds"]
         print(f"minibatch {verdict} the {args.target_seconds:g} s target (median wall {secs:.3f} s)")
     print(f"wrote {args.out}")
-
-
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

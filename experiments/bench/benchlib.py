@@ -164,6 +164,7 @@ class Timer:
     wall_s: float = 0.0
     cpu_s: float = 0.0
     others_busy_cores: float | None = 0.0  # None: the block was too short to tell
+    others_busy_s: float = 0.0  # the raw CPU-seconds behind it (always set; noise below MIN_CONTENTION_WALL_S)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}wall_s": self.wall_s, f"{prefix}cpu_s": self.cpu_s,
@@ -180,7 +181,7 @@ def timed() -> Iterator[Timer]:
         t.wall_s = time.perf_counter() - t0
         t.cpu_s = _cpu_seconds() - cpu0
         # children's CPU is not in os.times() of this process until waited for; workers spawn none
-        others = max(0.0, _machine_busy_seconds() - busy0 - t.cpu_s)
+        others = t.others_busy_s = max(0.0, _machine_busy_seconds() - busy0 - t.cpu_s)
         # /proc/stat counts in 10 ms ticks: below ~0.2 s the ratio is noise, so it is not reported
         t.others_busy_cores = others / t.wall_s if t.wall_s >= MIN_CONTENTION_WALL_S else None
 

@@ -115,7 +115,7 @@ def worker_ours(p: dict) -> dict:
     from updatelab.models.lm import load_lm
     from updatelab.training.examples import TrainExample
     from updatelab.training.train import train_lora
-    from updatelab.training.trainer_setup import resolve_precision
+    from updatelab import hardware
 
     bl.set_threads(p["threads"])
     model, tok = load_lm(str(bl.LM_PATH), {"dtype": "float32"})
@@ -144,7 +144,7 @@ def worker_ours(p: dict) -> dict:
     step_tokens = [b - a for a, b in zip([0] + [k for _, k in clock.marks], [k for _, k in clock.marks])]
     return {
         **step_profile(clock.start, [t for t, _ in clock.marks], step_tokens),
-        "precision": resolve_precision(trainer_cfg.get("precision"), trainer_cfg["accelerator"]),
+        "precision": hardware.recorded().get("train", {}).get("precision"),  # what train_lora ran with
         "tokens": stats.tokens,
         "padding_fraction": stats.padding_fraction,
         "steps": stats.steps,

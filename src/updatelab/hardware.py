@@ -106,6 +106,15 @@ def cpu_signature() -> str:
     return f"{model} [{','.join(f for f in _ISA_FLAGS if f in flags)}]"
 
 
+_SAMPLE_WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
+                 "born works city company studied plays river north music").split()
+
+
+def sample_texts(n: int, words: int) -> list[str]:
+    """`n` fixed texts of `words` words each: a measurement batch that does not depend on the data."""
+    return [" ".join(_SAMPLE_WORDS[(i + j) % len(_SAMPLE_WORDS)] for j in range(words)) for i in range(n)]
+
+
 def precision_key(phase: str, model_id: str) -> str:
     return f"{cpu_signature()} | torch {torch.__version__} | {model_id} | {phase}"
 

@@ -164,9 +164,7 @@ def generation_autocast(model, tokenizer, prompts: Sequence[str], requested: str
     if requested != "auto":
         hardware.choose("generate", requested, model=hardware.model_id(model), device=device)  # recorded
         return requested
-    words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
-             "born works city company studied plays river north music").split()
-    sample = [" ".join(words[(i + j) % len(words)] for j in range(MEASURE_WORDS)) for i in range(MEASURE_PROMPTS)]
+    sample = hardware.sample_texts(MEASURE_PROMPTS, MEASURE_WORDS)
 
     def measure(candidate: str) -> None:
         generate(model, tokenizer, sample, max_new_tokens=MEASURE_NEW_TOKENS, batch_size=len(sample),

@@ -78,9 +78,7 @@ class Embedder:
         embedder's batch size, at most 32 texts of 48 words) in fp32 and under bf16 autocast."""
         from updatelab import hardware
 
-        words = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
-                 "born works city company studied plays river north music").split()
-        texts = [" ".join(words[(i + j) % len(words)] for j in range(48)) for i in range(min(self.batch_size, 32))]
+        texts = hardware.sample_texts(min(self.batch_size, 32), 48)
 
         def measure(candidate: str) -> None:
             kept, self.autocast = self.autocast, candidate

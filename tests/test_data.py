@@ -40,7 +40,7 @@ def no_datasets(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def gen_dir(tmp_path_factory) -> Path:
-    """The default-sized synthetic update (seed 0)."""
+    """The configured synthetic update (configs/data/synthetic.yaml), seed 0."""
     return synthetic.generate(tmp_path_factory.mktemp("gen") / "seed0", seed=0)
 
 
@@ -93,18 +93,22 @@ def test_different_seed_gives_different_files(tmp_path):
 
 
 def test_counts_match_parameters(update, gen_dir):
-    n_people, n_new, n_attr, spd = 100, 20, len(synthetic_vocab.ATTRIBUTES), 2
+    p = synthetic.configured()  # what gen_dir was generated with: configs/data/synthetic.yaml
+    n_people, n_new, n_attr, spd = p["n_people"], p["n_new"], len(synthetic_vocab.ATTRIBUTES), p["sentences_per_doc"]
     chunks = -(-n_attr // spd)
     assert len(update.kb_v0) == n_people * chunks
     assert len(update.kb_v1) == (n_people + n_new) * chunks
-    n_edit, n_eval_edit, n_eval_new = 20, 10, 10  # edit_fraction 0.2, eval_fraction 0.5
+    n_edit = round(p["edit_fraction"] * n_people)
+    n_eval_edit, n_eval_new = round(p["eval_fraction"] * n_edit), round(p["eval_fraction"] * n_new)
     expected_updated = n_eval_edit + synthetic.QUESTIONS_PER_NEW_PERSON * n_eval_new
     counts = {s: len(qs) for s, qs in update.splits().items() if qs}
-    assert counts == {"updated": expected_updated, "paraphrased": expected_updated, "unchanged": 30, "general": 40}
+    assert counts == {"updated": expected_updated, "paraphrased": expected_updated,
+                      "unchanged": p["n_unchanged_questions"], "general": p["n_general"]}
     assert len(update.changed_doc_ids()) == n_edit + n_new * chunks
-    assert len(update.train_docs) == 5 * (n_people + n_new)
+    assert len(update.train_docs) == p["renderings"] * (n_people + n_new)
     demo_people = (n_edit - n_eval_edit) + (n_new - n_eval_new)
-    assert len(update.train_qa) == demo_people * sum(len(a.train_questions) for a in synthetic_vocab.ATTRIBUTES)
+    per_person = sum(len(a.train_questions[:p["qa_templates"]]) for a in synthetic_vocab.ATTRIBUTES)
+    assert len(update.train_qa) == demo_people * per_person
     meta = json.loads((gen_dir / "meta.json").read_text())
     assert meta["counts"]["questions"] == counts and meta["counts"]["edited_people"] == n_edit
 
@@ -386,7 +390,7 @@ def test_unknown_source_and_missing_files_are_clear(small, tmp_path):
 
 def test_qa_templates_limits_demo_questions_per_attribute(tmp_path):
     one = load_update(synthetic.generate(tmp_path / "one", seed=0, qa_templates=1, **SMALL))
-    both = load_update(synthetic.generate(tmp_path / "both", seed=0, **SMALL))
+    both = load_update(synthetic.generate(tmp_path / "both", seed=0, qa_templates=None, **SMALL))  # null: every template
     per_fact = len(synthetic_vocab.ATTRIBUTES[0].train_questions)
     assert len(one.train_qa) == len(both.train_qa) // per_fact == len({(q.entity, q.attribute) for q in both.train_qa})
     assert {q.question for q in one.train_qa} < {q.question for q in both.train_qa}

@@ -80,6 +80,8 @@ def test_stale_index_vectors_are_the_base_embedders(compose_cfg, update):
     from updatelab.models.registry import resolve_embedder
     from updatelab.retrieval.embedder import build_embedder
     from updatelab.strategies.base import RunContext, System, index_documents
+    from hydra.utils import instantiate
+
     from updatelab.strategies.embedder_ft import EmbedderFtStale
 
     cfg = compose_cfg("data=tiny", "strategy=embedder_ft_stale", "strategy.epochs=1")
@@ -89,7 +91,9 @@ def test_stale_index_vectors_are_the_base_embedders(compose_cfg, update):
     base = index_documents(System(lm=None, tokenizer=None, embedder=embedder), update.kb_v0, ctx, kb_version="v0")
     ctx = RunContext(cfg=cfg, ledger=CostLedger(), embedding_cache=None, out_dir=cfg.paths.root, seed=cfg.seed,
                      progress=False)
-    stale = EmbedderFtStale(epochs=1).apply(base, update, ctx)
+    arm = instantiate(cfg.strategy)
+    assert isinstance(arm, EmbedderFtStale)
+    stale = arm.apply(base, update, ctx)
     assert stale.embedder is not embedder and stale.embedder.fingerprint != embedder.fingerprint
     assert stale.vectors_fingerprint == embedder.fingerprint
     old = {d.doc_id: v for d, v in zip(base.docs, base.vectors)}
@@ -107,8 +111,8 @@ def test_stale_index_vectors_are_the_base_embedders(compose_cfg, update):
     assert np.allclose(again, base.vectors, atol=1e-6)
 
 
-def test_no_evaluation_question_is_among_the_training_pairs(update):
-    pairs = training_pairs(update, TuningOptions().sources)
+def test_no_evaluation_question_is_among_the_training_pairs(update, compose_cfg):
+    pairs = training_pairs(update, compose_cfg("strategy=embedder_ft_reembed").strategy.sources)
     assert pairs and {p.source for p in pairs} == {"inject_qa", "train_qa"}
     texts = {p.anchor for p in pairs} | {p.positive for p in pairs}
     evaluated = {q.question for q in (*update.questions, *update.dev)}
@@ -123,10 +127,12 @@ def test_no_evaluation_question_is_among_the_training_pairs(update):
 
 
 def test_bad_tuning_options_are_refused():
+    good = dict(sources=("inject_qa",), epochs=1.0, batch_size=4, lr=1e-5, warmup_ratio=0.0, scale=20.0)
+    TuningOptions(**good)
     with pytest.raises(ValueError, match="sources"):
-        TuningOptions(sources=("questions",))
+        TuningOptions(**{**good, "sources": ("questions",)})
     with pytest.raises(ValueError, match="batch_size"):
-        TuningOptions(batch_size=1)
+        TuningOptions(**{**good, "batch_size": 1})
 
 
 @pytest.fixture(scope="module")

@@ -236,7 +236,7 @@ def test_the_embedded_lm_writes_inject_qa_for_the_lora_arm(tmp_path, compose_cfg
 
     from updatelab.evaluation import prompt_builder
     from updatelab.models.lm import load_lm
-    from updatelab.strategies.lora import Lora
+    from hydra.utils import instantiate
 
     folder = own_folder(tmp_path / "my_kb")
     cfg = compose_cfg("data=local", f"data.path={folder}", "strategy=lora", "qa_generator=base_lm",
@@ -247,7 +247,7 @@ def test_the_embedded_lm_writes_inject_qa_for_the_lora_arm(tmp_path, compose_cfg
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the cores are shared with timed jobs
     try:
-        arm = Lora(docs=False, paraphrases=False, inject_qa=True, replay_ratio=0.0)
+        arm = instantiate(cfg.strategy, docs=False, paraphrases=False, inject_qa=True, replay_ratio=0.0)
         base, ctx = SimpleNamespace(lm=lm, tokenizer=tok), SimpleNamespace(cfg=cfg, seed=0, progress=False)
         data = arm.training_data(base, update, ctx, prompt_builder(cfg.eval), None)
         again = arm.training_data(base, update, ctx, prompt_builder(cfg.eval), None)

@@ -1,6 +1,7 @@
 """The fine-tuning arms' training data: what each recipe option puts in, in which order, and that
 no evaluation question, template or dev question ever reaches training."""
 
+import dataclasses
 import re
 
 import pytest
@@ -39,8 +40,23 @@ def first_ranked(update):
     return lambda questions: [ids[:3] for _ in questions]
 
 
+# What each test varies one option of: every training source but demo QA, no replay, no RAFT.
+# (The arms' own recipes are in configs/strategy/; `configured` reads lora's.)
+BASELINE = dict(docs=True, paraphrases=True, include_unchanged=False, inject_qa=True, qa_per_fact=None, demo_qa=False,
+                order="mixed", replay_ratio=0.0, raft=False, raft_gold_p=0.8)
+
+
+def recipe(**options) -> Recipe:
+    return Recipe(**{**BASELINE, **options})
+
+
+def configured(compose_cfg, **options) -> Recipe:
+    arm = compose_cfg("strategy=lora").strategy
+    return Recipe(**{**{f.name: arm[f.name] for f in dataclasses.fields(Recipe)}, **options})
+
+
 def build(update, **options):
-    return build_training_data(update, ChatTokenizer(), BUILDER, Recipe(**options), replay_pool=REPLAY,
+    return build_training_data(update, ChatTokenizer(), BUILDER, recipe(**options), replay_pool=REPLAY,
                                retriever=first_ranked(update), top_k=2, seed=0)
 
 
@@ -140,19 +156,17 @@ def test_replay_ratio_adds_that_many_replayed_examples_per_stage(update):
 
 
 def test_an_option_without_its_file_is_reported_not_silently_recorded(update):
-    import dataclasses
-
     bare = dataclasses.replace(update, train_qa=(), inject_qa=())
-    data = build_training_data(bare, ChatTokenizer(), BUILDER, Recipe(demo_qa=True, inject_qa=True))
+    data = build_training_data(bare, ChatTokenizer(), BUILDER, recipe(demo_qa=True, inject_qa=True))
     assert data.counts["inject_qa"] == data.counts["demo_qa"] == 0
     assert any("inject_qa.jsonl" in n for n in data.notes) and any("train_qa.jsonl" in n for n in data.notes)
 
 
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="order"):
-        Recipe(order="sideways")
+        recipe(order="sideways")
     with pytest.raises(ValueError, match="replay_ratio"):
-        Recipe(replay_ratio=-1)
+        recipe(replay_ratio=-1)
 
 
 # -- RAFT ------------------------------------------------------------------------------------
@@ -193,13 +207,11 @@ def test_qa_per_fact_keeps_that_many_wordings_of_each_fact(update):
     facts = {(qa.entity, qa.attribute) for qa in update.inject_qa}
     assert one == len(facts) < build(update, docs=False).counts["inject_qa"]
     with pytest.raises(ValueError, match="qa_per_fact"):
-        Recipe(qa_per_fact=0)
+        recipe(qa_per_fact=0)
 
 
-def test_without_qa_files_the_default_recipe_trains_on_the_changed_documents_and_says_so(update):
-    import dataclasses
-
+def test_without_qa_files_the_configured_recipe_trains_on_the_changed_documents_and_says_so(update, compose_cfg):
     own = dataclasses.replace(update, inject_qa=(), train_qa=())
-    data = build_training_data(own, ChatTokenizer(), BUILDER, Recipe(docs=False, inject_qa=True))
+    data = build_training_data(own, ChatTokenizer(), BUILDER, configured(compose_cfg, replay_ratio=0.0))
     assert data.counts["documents"] > 0 and data.counts["inject_qa"] == 0
     assert any("trained on the changed documents instead" in n for n in data.notes)

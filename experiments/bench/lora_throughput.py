@@ -2,7 +2,7 @@
 
 Same model (SmolLM2-135M-Instruct, the packaged safetensors cache), same data (a fixed,
 seeded subset of the real training examples of the default update:
-`updatelab.strategies.lora.build_training_examples` on the default synthetic world), same
+the `lora` arm's recipe without its replay on the default synthetic world), same
 max length, batch size, adapter (r=16, alpha=32, dropout 0.05, every attention+MLP linear),
 learning rate, one epoch.
 
@@ -57,18 +57,20 @@ TRAIN_SIDES = ["ours", "hf_fp32", "hf_bf16"]
 
 
 def build_examples(cfg: dict, n: int, seed: int) -> tuple[list[dict], dict]:
-    from dataclasses import asdict
+    from dataclasses import asdict, fields
 
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
     from updatelab.evaluation import prompt_builder
     from updatelab.pipeline import load_knowledge_update
-    from updatelab.strategies.lora import build_training_examples
+    from updatelab.training.recipe import Recipe, build_training_data
 
     tok = AutoTokenizer.from_pretrained(str(bl.LM_PATH))
     update = load_knowledge_update(OmegaConf.create(cfg["data"]), cfg["paths"]["data_dir"])
-    examples = build_training_examples(update, tok, prompt_builder(OmegaConf.create(cfg["eval"])))
+    # The arm's recipe without replay (rehearsal examples are the base model's own generations)
+    recipe = Recipe(**{**{f.name: cfg["strategy"][f.name] for f in fields(Recipe)}, "replay_ratio": 0.0})
+    examples = build_training_data(update, tok, prompt_builder(OmegaConf.create(cfg["eval"])), recipe).examples
     picked = sorted(random.Random(seed).sample(range(len(examples)), min(n, len(examples))))
     subset = [asdict(examples[i]) for i in picked]
     info = {"all_examples": len(examples), "subset": len(subset), "subset_seed": seed,

@@ -47,7 +47,6 @@ seed and parameters give byte-identical files.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -130,46 +129,44 @@ def _new_person(rng: random.Random, pid: str, taken: set[str]) -> _Person:
     return _Person(pid, name, values, templates)
 
 
-def _check_params(n_people: int, edit_fraction: float, n_new: int, eval_fraction: float, n_unchanged_questions: int,
-                  n_general: int, renderings: int, sentences_per_doc: int, qa_templates: int | None = None,
-                  inject_templates: int | None = None) -> None:
-    def _int(name: str, value: Any, lo: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+def configured(**overrides: Any) -> dict[str, Any]:
+    """Every generator parameter as configs/data/synthetic.yaml sets it -- the one place their
+    defaults live -- with seed 0 (the tree's `seed`) and `overrides` on top. An unknown name or a
+    value outside the schema's range (updatelab/config_schema.py) is a ValueError."""
+    from omegaconf import OmegaConf
 
-    def _frac(name: str, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    from updatelab.config_rules import refuse_outside
+    from updatelab.config_schema import GeneratorConfig
+    from updatelab.run import CONFIG_DIR
 
-    _int("n_people", n_people, 1)
-    _int("n_new", n_new, 0)
-    _int("n_unchanged_questions", n_unchanged_questions, 0)
-    _int("n_general", n_general, 0)
-    _int("renderings", renderings, 1)
-    _int("sentences_per_doc", sentences_per_doc, 1)
-    if qa_templates is not None:
-        _int("qa_templates", qa_templates, 1)
-    if inject_templates is not None:
-        _int("inject_templates", inject_templates, 1)
-    _frac("edit_fraction", edit_fraction)
-    _frac("eval_fraction", eval_fraction)
+    written = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "data" / "synthetic.yaml").generator)
+    params = {**written, "seed": 0}  # the YAML's seed is ${seed}, the top-level key
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise ValueError(f"unknown generator parameter(s) {', '.join(unknown)}; valid: {', '.join(params)}")
+    params.update(overrides)
+    if isinstance(params["seed"], bool) or not isinstance(params["seed"], int):
+        raise ValueError(f"seed must be an integer, got {params['seed']!r}")
+    refuse_outside(GeneratorConfig, {k: v for k, v in params.items() if k != "seed"}, "data.generator.")
     capacity = len(FIRST_NAMES) * len(MIDDLE_NAMES) * len(SURNAMES)
-    if n_people + n_new > capacity // 2:
-        raise ValueError(f"n_people + n_new = {n_people + n_new} is too many for the name lists (max {capacity // 2})")
+    if params["n_people"] + params["n_new"] > capacity // 2:
+        raise ValueError(f"n_people + n_new = {params['n_people'] + params['n_new']} is too many for the name "
+                         f"lists (max {capacity // 2})")
+    return params
 
 
-def generate(out_dir: str | Path, seed: int = 0, n_people: int = 100, edit_fraction: float = 0.2, n_new: int = 20,
-             eval_fraction: float = 0.5, n_unchanged_questions: int = 30, n_general: int = 40, renderings: int = 5,
-             sentences_per_doc: int = 2, qa_templates: int | None = None,
-             inject_templates: int | None = None) -> Path:
-    """Write a synthetic knowledge update into `out_dir` (created; the files are overwritten).
+def generate(out_dir: str | Path, **params: Any) -> Path:
+    """Write a synthetic knowledge update into `out_dir` (created; the files are overwritten), with
+    the parameters of :func:`configured` (`params` override the configured ones).
 
-    Deterministic: same arguments -> byte-identical files. Returns ``Path(out_dir)``.
+    Deterministic: same parameters -> byte-identical files. Returns ``Path(out_dir)``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    _check_params(n_people, edit_fraction, n_new, eval_fraction, n_unchanged_questions, n_general, renderings,
-                  sentences_per_doc, qa_templates, inject_templates)
+    return _write(Path(out_dir), **configured(**params))
+
+
+def _write(out_dir: Path, seed: int, n_people: int, edit_fraction: float, n_new: int, eval_fraction: float,
+           n_unchanged_questions: int, n_general: int, renderings: int, sentences_per_doc: int,
+           qa_templates: int | None, inject_templates: int | None) -> Path:
     spd = sentences_per_doc
     width = max(4, len(str(n_people + n_new - 1)))
 
@@ -327,13 +324,10 @@ def _general_qa_sha256() -> str:
 
 
 def params_hash(**params: Any) -> str:
-    """Short hash of the full generator parameters (defaults filled in), the generator version and
-    general_qa.jsonl: the name of the folder :func:`ensure_generated` writes."""
-    bound = inspect.signature(generate).bind(None, **params)
-    bound.apply_defaults()
-    full = {k: v for k, v in bound.arguments.items() if k != "out_dir"}
-    blob = json.dumps({"version": GENERATOR_VERSION, "general_qa": _general_qa_sha256(), "params": full},
-                      sort_keys=True)
+    """Short hash of the full generator parameters (:func:`configured`: the configured ones filled
+    in), the generator version and general_qa.jsonl: the name of the folder :func:`ensure_generated` writes."""
+    blob = json.dumps({"version": GENERATOR_VERSION, "general_qa": _general_qa_sha256(),
+                       "params": configured(**params)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

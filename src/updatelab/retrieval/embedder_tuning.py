@@ -40,14 +40,15 @@ class Pair:
     doc_id: str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TuningOptions:
-    sources: Sequence[str] = SOURCES
-    epochs: float = 3.0
-    batch_size: int = 32
-    lr: float = 2e-5
-    warmup_ratio: float = 0.1
-    scale: float = 20.0  # MultipleNegativesRankingLoss: 1 / temperature on cosine similarity
+    # No defaults: the values live in configs/strategy/embedder_ft_reembed.yaml.
+    sources: Sequence[str]
+    epochs: float
+    batch_size: int
+    lr: float
+    warmup_ratio: float
+    scale: float  # MultipleNegativesRankingLoss: 1 / temperature on cosine similarity
 
     def __post_init__(self) -> None:
         from updatelab.config_rules import refuse_outside

@@ -28,7 +28,7 @@ from updatelab.strategies.base import RunContext, Strategy, System, index_docume
 from updatelab.strategies.reembed import Reembed
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmbedderFtReembed(TuningOptions, Strategy):
     """The tuning options (`TuningOptions`: sources, epochs, batch_size, lr, ...) are this arm's
     config keys, validated when Hydra instantiates it."""
@@ -73,7 +73,7 @@ class EmbedderFtReembed(TuningOptions, Strategy):
         return updated.with_(use_retrieval=True)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EmbedderFtStale(EmbedderFtReembed):
     name: str = "embedder_ft_stale"
 

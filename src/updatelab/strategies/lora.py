@@ -15,7 +15,7 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -36,13 +36,6 @@ log = logging.getLogger("updatelab")
 
 class LeakError(RuntimeError):
     pass
-
-
-def build_training_examples(update: KnowledgeUpdate, tokenizer, builder: PromptBuilder, include_unchanged: bool = False,
-                            paraphrases: bool = True, demo_qa: bool = True, inject_qa: bool = True) -> list[TrainExample]:
-    """The closed-book recipe's examples without replay (for tests and inspection)."""
-    recipe = Recipe(include_unchanged=include_unchanged, paraphrases=paraphrases, demo_qa=demo_qa, inject_qa=inject_qa)
-    return build_training_data(update, tokenizer, builder, recipe).examples
 
 
 def check_no_leak(examples: Sequence[TrainExample], questions: Sequence[Question]) -> None:
@@ -71,14 +64,15 @@ def dev_scorer(dev: Sequence[Question], tokenizer, prompts: Sequence[str], eval_
     return score
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Lora(Recipe, Strategy):
     """The recipe's options (`Recipe`: docs, inject_qa, order, replay_ratio, raft, ...) are this
-    arm's config keys, validated when Hydra instantiates it."""
+    arm's config keys, validated when Hydra instantiates it; like them, the two below have their
+    values in the config tree only (configs/strategy/lora.yaml)."""
 
     name: str = "lora"
-    reuse_adapter: bool = True  # an identical training (same data, config, seed) is done once per cache
-    adapter_overrides: dict = field(default_factory=dict)  # adapter keys this arm sets (full_ft: method, lr)
+    reuse_adapter: bool  # an identical training (same data, config, seed) is done once per cache
+    adapter_overrides: dict | None  # adapter keys this arm sets (full_ft: method, lr); null = none
 
     # qa_generator: part of the cell only when it names a model (updatelab.run.cell_config).
     config_groups: ClassVar[tuple[str, ...]] = ("adapter", "trainer", "qa_generator")
@@ -245,15 +239,14 @@ class Lora(Recipe, Strategy):
         return base.with_(lm=self.train(base, update, ctx), use_retrieval=False, docs=(), index=None)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FullFt(Lora):
     """Full fine-tuning on the same data: the reference LoRA is compared to (Biderman et al. 2024)."""
 
     name: str = "full_ft"
-    adapter_overrides: dict = field(default_factory=lambda: {"method": "full", "lr": 5e-5})
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraRag(Lora):
     """The fine-tuned LM answering with retrieval over the re-embedded KB v1."""
 

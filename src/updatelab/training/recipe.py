@@ -36,18 +36,20 @@ Retriever = Callable[[Sequence[str]], list[list[str]]]
 """Questions -> ranked doc_ids of KB v1 for each (at least top_k + 1 of them)."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Recipe:
-    docs: bool = True
-    paraphrases: bool = True
-    include_unchanged: bool = False
-    inject_qa: bool = True
-    qa_per_fact: int | None = None
-    demo_qa: bool = False
-    order: str = "mixed"
-    replay_ratio: float = 0.0
-    raft: bool = False
-    raft_gold_p: float = 0.8
+    # No defaults: the values live in the config tree (configs/strategy/lora.yaml and the arms
+    # built on it); a recipe built in Python names every option.
+    docs: bool
+    paraphrases: bool
+    include_unchanged: bool
+    inject_qa: bool
+    qa_per_fact: int | None
+    demo_qa: bool
+    order: str
+    replay_ratio: float
+    raft: bool
+    raft_gold_p: float
 
     def __post_init__(self) -> None:
         from updatelab.config_rules import refuse_outside

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The converted model and cached embeddings are shared with `make run`: the conversion is a
 # one-off ~30 s, not something every test session should pay.
 SHARED_CACHE = REPO / ".cache" / "updatelab"
-# The tiny end-to-end cell of the pipeline tests: short answers, small CKA minibatches, one thread.
-TINY_CELL = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "threads=1"]
+# The tiny end-to-end cell of the pipeline tests: short answers, small CKA minibatches, the logit
+# lens on a few tokens (its values have their own tests: test_shift_beyond_cka.py), one thread.
+TINY_CELL = ["data=tiny", "eval.max_new_tokens=12", "shift.batch_size=8", "shift.kl.lens_tokens=16", "threads=1"]
 
 
 def composed_overrides(root: Path) -> list[str]:

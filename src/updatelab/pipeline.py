@@ -20,6 +20,7 @@ from updatelab.metrics.cost import CostLedger, add_serving_per_1k
 from updatelab.models.lm import load_lm
 from updatelab.models.registry import resolve_embedder, resolve_lm
 from updatelab.retrieval.embedder import EmbeddingCache, build_embedder
+from updatelab.seeding import seed_everything
 from updatelab.strategies.base import RunContext, Strategy, System, index_documents
 from updatelab.tracking import wandb_run as wb
 from updatelab.tracking.results import write_results
@@ -105,8 +106,6 @@ def check_ddp_launch(cfg: DictConfig) -> None:
 def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_dir: Path) -> dict[str, Any] | None:
     """Run one cell; in a DDP cell only rank 0 evaluates and records (the other ranks return None
     after training, and open no W&B run)."""
-    import pytorch_lightning as pl
-
     rank_zero = is_rank_zero()
     if "trainer" in getattr(strategy, "config_groups", ()):
         check_ddp_launch(cfg)
@@ -114,7 +113,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
         return None  # nothing to train: rank 0 does the whole cell
     t_start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_everything(cfg.seed)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     hardware.set_cache_dir(cfg.paths.cache_dir)  # per-machine precision measurements
     hardware.reset_recorded()
@@ -136,7 +135,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
         updated = strategy.apply(base, update, ctx)
         if not rank_zero:
             return None
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # same decoding state for every arm
+        seed_everything(cfg.seed)  # same decoding state for every arm
         metrics, predictions = evaluate(updated, update.questions, ctx, kb=update.kb_v1)
         if probe is not None:
             ctx.notes["shift"] = probe.measure(updated, update, ctx)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from updatelab import hardware
+from updatelab import threads as torch_threads
 
 SLOW = 0.03  # seconds added to every timed step of the slowed precision (steps that do nothing else)
 SLOW_REAL = 0.25  # ... where the step runs a real (tiny) model: well above its own fp32/bf16 difference
@@ -227,38 +228,38 @@ def test_embedder_auto_times_a_real_batch_and_fingerprints_the_choice(monkeypatc
     ([], 1),
 ])
 def test_threads_from_idle_counts_the_mostly_idle_cores(idle, threads):
-    assert hardware.threads_from_idle(idle) == threads
+    assert torch_threads.threads_from_idle(idle) == threads
 
 
 def test_thread_choice_respects_affinity_and_explicit_values(monkeypatch):
-    monkeypatch.setattr(hardware, "usable_cpus", lambda: [0, 1])
-    monkeypatch.setattr(hardware, "cpu_idle_fractions", lambda interval, cpus: [1.0] * len(cpus))
-    auto = hardware.choose_threads("auto")
+    monkeypatch.setattr(torch_threads, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr(torch_threads, "cpu_idle_fractions", lambda interval, cpus: [1.0] * len(cpus))
+    auto = torch_threads.choose_threads("auto")
     assert (auto.threads, auto.usable_cores, auto.source) == (2, 2, "auto")
-    monkeypatch.setattr(hardware, "cpu_idle_fractions", lambda interval, cpus: [0.03, 0.99])
-    assert hardware.choose_threads("auto").threads == 1
-    assert hardware.choose_threads(3).threads == 3 and hardware.choose_threads(3).source == "explicit"
-    default = hardware.choose_threads(None)
+    monkeypatch.setattr(torch_threads, "cpu_idle_fractions", lambda interval, cpus: [0.03, 0.99])
+    assert torch_threads.choose_threads("auto").threads == 1
+    assert torch_threads.choose_threads(3).threads == 3 and torch_threads.choose_threads(3).source == "explicit"
+    default = torch_threads.choose_threads(None)
     assert (default.threads, default.source) == (torch.get_num_threads(), "torch default")
-    monkeypatch.setattr(hardware, "cpu_idle_fractions", lambda interval, cpus: None)
-    assert hardware.choose_threads("auto").threads == 2  # no load information: the usable cores
+    monkeypatch.setattr(torch_threads, "cpu_idle_fractions", lambda interval, cpus: None)
+    assert torch_threads.choose_threads("auto").threads == 2  # no load information: the usable cores
 
 
 def test_idle_fractions_are_sampled_per_usable_core():
-    idle = hardware.cpu_idle_fractions(0.05)
-    assert idle is not None and len(idle) == len(hardware.usable_cpus())
+    idle = torch_threads.cpu_idle_fractions(0.05)
+    assert idle is not None and len(idle) == len(torch_threads.usable_cpus())
     assert all(0.0 <= f <= 1.0 for f in idle)
 
 
 def test_applied_threads_are_set_in_torch_and_recorded(monkeypatch):
     n = torch.get_num_threads()
-    monkeypatch.setattr(hardware, "_threads", None)
-    monkeypatch.setattr(hardware, "usable_cpus", lambda: [0, 1])
-    monkeypatch.setattr(hardware, "cpu_idle_fractions", lambda interval, cpus: [0.0, 1.0])
+    monkeypatch.setattr(torch_threads, "_chosen", None)
+    monkeypatch.setattr(torch_threads, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr(torch_threads, "cpu_idle_fractions", lambda interval, cpus: [0.0, 1.0])
     try:
-        hardware.apply_threads("auto")
+        torch_threads.apply_threads("auto")
         assert torch.get_num_threads() == 1
-        rec = hardware.threads_record()
+        rec = torch_threads.threads_record()
         assert (rec["requested"], rec["threads"], rec["chosen"], rec["idle_fraction"]) == ("auto", 1, 1, [0.0, 1.0])
     finally:
         torch.set_num_threads(n)

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from updatelab import hardware
+from updatelab import hardware, threads
 from updatelab.data.update import KnowledgeUpdate
 from updatelab.evaluation import evaluate
 from updatelab.measure_shift import ShiftProbe
@@ -157,7 +156,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
             "train_loss_curve": ctx.notes.get("train_loss_curve"),  # one mean loss per optimizer step (LoRA arms)
             "training": ctx.notes.get("training"),  # fine-tuning arms: the recipe, what it produced, dev selection
             "precision": ctx.notes["precision"],
-            "threads": hardware.threads_record(),
+            "threads": threads.threads_record(),
             "predictions": predictions,
             "output_dir": str(out_dir),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -77,15 +76,18 @@ def output_dir() -> Path:
 
 
 def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | None:
+    from updatelab.config_check import validate
+
+    # every cell (e.g. of an experiment's sweep grid), before anything is written or loaded -- and
+    # before torch and the model libraries are imported: a bad value fails in about a second
+    validate(cfg)
     from hydra.utils import instantiate
 
-    from updatelab import hardware
+    from updatelab import threads
     from updatelab.pipeline import execute
-    from updatelab.config_check import validate
     from updatelab.signals import handling_signals
     from updatelab.tracking.results import results_path
 
-    validate(cfg)  # every cell (e.g. of an experiment's sweep grid), before anything is written or loaded
     run_id = run_id_for(cfg)
     target = results_path(cfg.paths.results_dir, cfg.name, run_id)
     if target.exists() and not cfg.force:
@@ -95,7 +97,7 @@ def run_cell(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any] | N
     # under submitit this is the outermost handler scope, and SIGUSR2 is handed on to submitit's requeue.
     try:
         with handling_signals():
-            hardware.apply_threads(cfg.threads)  # null: torch's default; auto: the cores free now
+            threads.apply_threads(cfg.threads)  # null: torch's default; auto: the cores free now
             strategy = instantiate(cfg.strategy)
             return execute(cfg, strategy, run_id, target, out_dir or output_dir())
     except BaseException:

@@ -25,7 +25,6 @@ from typing import Sequence
 
 import torch
 
-from updatelab.config_schema import TUNING_SOURCES as SOURCES  # declared with the strategy schema
 from updatelab.data.update import KnowledgeUpdate, Question
 from updatelab.retrieval.embedder import Embedder
 

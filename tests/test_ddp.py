@@ -72,10 +72,19 @@ def test_ddp_run_makes_one_output_dir_and_one_results_file(tmp_path):
     _one_stored_adapter(tmp_path)
     rank1 = (dirs[0] / "train_ddp_process_1.log").read_text()
     assert "applying strategy lora" in rank1 and "done:" not in rank1
+    # The arm's replay is generated once (rank 1 reads rank 0's), and dev selection runs on both
+    # ranks at the same steps (a rank that stopped alone would leave the other waiting for ever).
+    assert "self-generated answers of the base model (cached)" in rank1
+    n_dev = rank1.count("dev score at step")
+    assert n_dev >= 1 and log.count("dev score at step") == 2 * n_dev
+
+
+# The arm's replay and dev selection under DDP are the test above's; here the launch alone is the subject.
+PLAIN_TRAINING = ["++strategy.replay_ratio=0", "adapter.select=last", "adapter.patience=null"]
 
 
 def test_ddp_cell_as_submitit_tasks_makes_one_output_dir_and_one_results_file(tmp_path):
-    proc, wall = _run(tmp_path, "-m", "hydra/launcher=local")
+    proc, wall = _run(tmp_path, "-m", "hydra/launcher=local", *PLAIN_TRAINING)
     print(f"ddp cell as submitit tasks: {wall:.0f} s")
     sweeps = list((tmp_path / "multirun" / "ddp").iterdir())
     assert len(sweeps) == 1, sweeps

@@ -226,7 +226,7 @@ def test_stale_and_reembed_run_on_all_three_formats_through_the_cli(tmp_path, co
                  f"paths.root={tmp_path}", f"paths.cache_dir={SHARED_CACHE}", f"paths.data_dir={tmp_path / 'data'}",
                  # `++`: before sweeping, Hydra composes the sweep with the default data group (synthetic)
                  "logger.mode=disabled", "++data.n_general=2", "++data.sample=2", "shift.enabled=false", "eval.max_new_tokens=12",
-                 "progress=false"], cwd=tmp_path, timeout=900)
+                 "progress=false", "threads=1"], cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(p.read_text()) for p in (tmp_path / "results" / "default").glob("*.json")]
     assert sorted((r["config"]["data"]["source"], r["strategy"]) for r in recs) == sorted(

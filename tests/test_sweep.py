@@ -114,7 +114,8 @@ def test_sweep_dirs_of_runs_started_in_the_same_second_differ(tmp_path, monkeypa
     assert sweep_a != sweep_b and run_a != run_b
 
 
-@pytest.mark.parametrize("experiment, cells", [("update_strategies", 15), ("lora_rank", 27), ("kb_change", 27)])
+@pytest.mark.parametrize("experiment, cells", [("update_strategies", 15), ("lora_rank", 27), ("kb_change", 27),
+                                              ("shift_vs_forgetting", 6)])
 def test_experiment_grids(experiment, cells, compose_cfg):
     from hydra import compose, initialize_config_dir
 

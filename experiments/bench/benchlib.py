@@ -388,6 +388,14 @@ def machine_line(m: dict[str, Any]) -> str:
             f"load avg at start {m.get('loadavg_at_start', [0])[0]:.2f}")
 
 
+def report_footer(report: dict[str, Any]) -> list[str]:
+    """The last lines of every benchmark's markdown: the contamination warning (if any), the machine
+    and the command."""
+    warn = contamination_line(report.get("contamination"))
+    return [*(["", warn] if warn else []), "",
+            f"Machine: {machine_line(report['machine'])}. Command: `{report['command']}`."]
+
+
 def common_args(parser, default_repeats: int):
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer repeats (smoke test; writes to quick/)")
     parser.add_argument("--repeats", type=int, default=None, help=f"repetitions per side (default {default_repeats}, quick 2)")

@@ -185,11 +185,7 @@ def markdown(report: dict) -> str:
     lines.append(f"- cosine ours vs ST fp32, documents: mean {a['doc_cosine_mean']:.6f} ({verdict('doc_cosine_mean')}), "
                  f"min {a['doc_cosine_min']:.6f} ({verdict('doc_cosine_min')}), goal ≥ {GOAL_COSINE}; queries: mean "
                  f"{a['query_cosine_mean']:.6f}, min {a['query_cosine_min']:.6f}")
-    warn = bl.contamination_line(report.get("contamination"))
-    if warn:
-        lines += ["", warn]
-    lines.append("")
-    lines.append(f"Machine: {bl.machine_line(report['machine'])}. Command: `{report['command']}`.")
+    lines += bl.report_footer(report)
     return "\n".join(lines)
 
 

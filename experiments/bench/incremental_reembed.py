@@ -188,11 +188,7 @@ def markdown(report: dict) -> str:
         ])
     lines.append(bl.md_table(["changed", "docs changed", "embedded", "incremental s (min–max)", "full s",
                               "inc/full", "bound s", "goal", "unchanged rows kept", "min cos inc vs full", "others"], rows))
-    warn = bl.contamination_line(report.get("contamination"))
-    if warn:
-        lines += ["", warn]
-    lines.append("")
-    lines.append(f"Machine: {bl.machine_line(report['machine'])}. Command: `{report['command']}`.")
+    lines += bl.report_footer(report)
     return "\n".join(lines)
 
 

@@ -474,11 +474,7 @@ def markdown(report: dict) -> str:
         steady = f", after step 1 {bl.fmt_ratio(r['steady_tokens_per_s'])}" if "steady_tokens_per_s" in r else ""
         e2e = f", end-to-end {bl.fmt_ratio(r['e2e_tokens_per_s'])}" if "e2e_tokens_per_s" in r else ""
         lines.append(f"- {key}: training loop {bl.fmt_ratio(r['loop_tokens_per_s'])}{steady}{e2e}{verdict}")
-    warn = bl.contamination_line(report.get("contamination"))
-    if warn:
-        lines += ["", warn]
-    lines.append("")
-    lines.append(f"Machine: {bl.machine_line(m)}. Command: `{report['command']}`.")
+    lines += bl.report_footer(report)
     return "\n".join(lines)
 
 

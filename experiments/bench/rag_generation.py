@@ -180,10 +180,7 @@ def markdown(report: dict) -> str:
     verdict = "meets" if g["speed"]["met"] else f"**MISSES** ({g['speed']['shortfall']})"
     lines.append(f"- speed ours / faster loop: {bl.fmt_ratio(report['ratio']['ours_vs_best_loop'])} — goal ≥ {GOAL:g}x: {verdict}")
     lines.append(f"- answers identical to the fp32 loop: {100 * report['answers_identical_to_loop_fp32']:.1f}% of questions")
-    warn = bl.contamination_line(report.get("contamination"))
-    if warn:
-        lines += ["", warn]
-    lines += ["", f"Machine: {bl.machine_line(report['machine'])}. Command: `{report['command']}`."]
+    lines += bl.report_footer(report)
     return "\n".join(lines)
 
 

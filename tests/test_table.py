@@ -97,3 +97,31 @@ def test_without_the_forgetting_splits_there_is_no_forgetting_table():
     text = _printed(recs)
     assert "vs closed_book" not in text and "unchanged" not in text and "general" not in text
     assert "Δ updated" in text and "Δ paraphrased" in text
+
+
+def test_the_recall_difference_is_the_mean_paired_difference_of_per_question_hits():
+    from updatelab.report import stats
+
+    recs = make_results.make_records(strategies=("stale", "reembed"), seeds=(0, 1))
+    k = recs[0]["config"]["eval"]["top_k"]
+    arm, base = [r for r in recs if r["strategy"] == "reembed"], [r for r in recs if r["strategy"] == "stale"]
+    hits = {}
+    for r in recs:
+        for p in r["predictions"]:
+            if p.get("gold_doc"):
+                hits[(r["strategy"], r["seed"], p["qid"])] = float(p["gold_doc"] in p["retrieved"][:k])
+    diffs = [hits[("reembed", s, q)] - hits[("stale", s, q)] for (a, s, q) in hits if a == "reembed"]
+    est = stats.paired_difference(arm, base, stats.RETRIEVAL, f"recall@{k}", n_boot=200)
+    assert est.n == len(diffs) and est.mean == pytest.approx(sum(diffs) / len(diffs))
+    assert est.lo <= est.mean <= est.hi and est.test is not None
+    # one record's hits average to the recall@k it stored
+    one = stats.question_scores(arm[0], stats.RETRIEVAL, f"recall@{k}")
+    assert sum(one.values()) / len(one) == pytest.approx(arm[0]["metrics"]["retrieval"][f"recall@{k}"])
+
+
+def test_the_differences_vs_stale_show_recall_with_its_ci_and_those_vs_closed_book_do_not():
+    recs = make_results.make_records(strategies=("closed_book", "stale", "reembed"), seeds=(0,))
+    text = _printed(recs)
+    vs_stale, vs_closed = text.split("paired differences vs stale")[1].split("paired differences vs closed_book")
+    k = recs[0]["config"]["eval"]["top_k"]
+    assert f"Δ recall@{k}" in vs_stale and f"Δ recall@{k}" not in vs_closed

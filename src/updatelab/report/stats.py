@@ -128,16 +128,29 @@ def bootstrap_mean_ci(
 # ------------------------------------------------------------------------------- what was measured
 
 
+RETRIEVAL = "retrieval"  # not a split: every question with a gold document, as metrics.retrieval counts them
+
+
+def _hit(p: Mapping[str, Any], metric: str) -> float | None:
+    """`recall@k` of one prediction: its gold document among the first k it retrieved (None when it
+    has no gold document or retrieved nothing)."""
+    gold, got = p.get("gold_doc"), p.get("retrieved")
+    if gold is None or not isinstance(got, list):
+        return None
+    return float(gold in got[: int(metric[len("recall@"):])])
+
+
 def question_scores(record: Mapping[str, Any], split: str, metric: str = "contains") -> dict[str, float]:
-    """qid -> score of one record's predictions on one split (rows without a score are skipped)."""
+    """qid -> score of one record's predictions on one split (rows without a score are skipped).
+    `split` RETRIEVAL with `metric` ``recall@k``: the retrieval hit of every question with a gold document."""
     out: dict[str, float] = {}
     preds = record.get("predictions") if isinstance(record, Mapping) else None
     if not isinstance(preds, list):
         return out
     for i, p in enumerate(preds):
-        if not isinstance(p, Mapping) or p.get("split") != split:
+        if not isinstance(p, Mapping) or (p.get("split") != split and split != RETRIEVAL):
             continue
-        v = p.get(metric)
+        v = _hit(p, metric) if metric.startswith("recall@") else p.get(metric)
         if v is None and metric == "contains" and isinstance(p.get("correct"), bool):
             v = float(p["correct"])
         if v is None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from updatelab.report import stats
+from updatelab.report.aggregate import retrieval_depth
 from updatelab.report.records import column_mean, dig, flatten_config, frame, own_varied, varied_config_keys
 from updatelab.tracking.results import default_results_dir, load_results
 
@@ -123,6 +124,9 @@ def differences(records: Sequence[dict[str, Any]], baseline: str = BASELINE, n_b
             continue
         label = key[0] + "".join(f" · {k.rsplit('.', 1)[-1]}={v}" for k, v in zip(varied, key[1:]))
         est = stats.compare(rs, base, splits, n_boot=n_boot, seed=seed)
+        if baseline != stats.FORGETTING_REFERENCE:  # closed_book retrieves nothing
+            recall = f"recall@{retrieval_depth(records, [])}"
+            est[recall] = stats.paired_difference(rs, base, stats.RETRIEVAL, recall, n_boot=n_boot, seed=seed)
         if any(est.values()):
             out.append((label, est))
     return out

@@ -137,6 +137,11 @@ def test_summary_numbers_match_the_records(records):
     e = a.diffs["stale"][0][1]["updated"]
     assert e.test == stats.mcnemar(a.groups[1].records, stale.records, "updated") and e.test.n == e.n == 40
     assert ag.total_cost(stale, "seconds") == pytest.approx(stale.mean("cost.serving_per_1k.wall_s"))
+    # ... and recall@k, paired by question, for the arms that retrieve (lora answers closed-book: none)
+    k = f"recall@{a.top_k}"
+    recall = {g.strategy: d.get(k) for g, d in a.diffs["stale"]}
+    assert recall["reembed"] == stats.paired_difference(a.groups[1].records, stale.records, stats.RETRIEVAL, k, n_boot=400)
+    assert recall["lora"] is None and recall["lora_rag"] is not None
 
 
 def test_grid_rows_follow_the_varied_config_keys(tmp_path):

@@ -93,6 +93,7 @@ def differences_tables(a: Analysis) -> str:
     out = []
     for b, rows in a.diffs.items():
         splits = [s for s in a.splits if s in rows[0][1]]
+        splits += [k for k in rows[0][1] if k.startswith("recall@") and any(d.get(k) for _, d in rows)]
         body = []
         for g, d in rows:
             seeds = max((e.n_seeds for e in d.values() if e), default=0)

@@ -17,10 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from updatelab.metrics.cka_streaming import LinearCKAAccumulator, MinibatchCKA
 from updatelab.models.lm import autocast_context
+from updatelab.progress import steps
 
 GENERAL_TEXT = Path(__file__).with_name("general_text.txt")
 
@@ -44,7 +44,7 @@ def pooled_hidden_states(
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, disable=not progress, leave=False):
+    for start in steps(range(0, len(texts), batch_size), desc, progress):
         rows = enc[start : start + batch_size]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
+
+from updatelab.progress import steps
 
 
 def autocast_context(device: str | torch.device, dtype_name: str | None):
@@ -119,7 +120,7 @@ def generate(
     stop_ids = {pad_id, *(eos_ids if isinstance(eos_ids, (list, tuple)) else [eos_ids])} - {None}
     start = time.perf_counter()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+    for batch in steps(batches, desc, progress):
         ids, mask = left_pad([enc[i] for i in batch], pad_id)
         width = ids.shape[1]
         t0 = time.perf_counter()

@@ -22,9 +22,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from updatelab.models.lm import autocast_context
+from updatelab.progress import steps
 
 
 def text_hash(text: str) -> str:
@@ -110,7 +110,7 @@ class Embedder:
         tokens = 0
         pad = self.tokenizer.pad_token_id or 0
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for batch in steps(batches, desc, progress):
             width = max(len(enc[i]) for i in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 
 from updatelab.data.update import KnowledgeUpdate, Question
+from updatelab.progress import on_terminal
 from updatelab.retrieval.embedder import Embedder
 
 log = logging.getLogger("updatelab")
@@ -138,7 +139,8 @@ def tune_embedder(base: Embedder, pairs: Sequence[Pair], options: TuningOptions,
             data_seed=int(seed),
             # Two wordings of one fact (or two facts of one document) in a batch would be false negatives.
             batch_sampler=BatchSamplers.NO_DUPLICATES,
-            save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=not progress,
+            # a bar on a terminal; in a redirected log the trainer prints each logged step as a line
+            save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=not (progress and on_terminal()),
             use_cpu=not str(base.device).startswith("cuda"), dataloader_num_workers=0,
         )
         loss = MultipleNegativesRankingLoss(model, scale=float(options.scale))

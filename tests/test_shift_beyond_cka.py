@@ -29,6 +29,14 @@ class CharTokenizer:
         ids = [[1 + ord(c) % 63 for c in t][:max_length] for t in texts]
         return {"input_ids": ids}
 
+    def pad(self, batch, padding=True, padding_side="right", return_tensors="pt"):
+        rows = batch["input_ids"]
+        width = max(map(len, rows))
+        fill = [[0] * (width - len(r)) for r in rows]
+        join = (lambda f, r: f + r) if padding_side == "left" else (lambda f, r: r + f)
+        return {"input_ids": torch.tensor([join(f, list(r)) for f, r in zip(fill, rows)]),
+                "attention_mask": torch.tensor([join([0] * len(f), [1] * len(r)) for f, r in zip(fill, rows)])}
+
 
 def tiny_llama(seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -260,7 +260,7 @@ def greedy_generator(model, tokenizer, n: int, max_new_tokens: int, batch_size: 
     records the evaluation's precision choice for the cell."""
     import torch
 
-    from updatelab.models.lm import left_pad
+    from updatelab.models.batching import pad_batch
 
     def run(documents: Sequence[str]) -> list[str]:
         torch.manual_seed(seed)
@@ -273,7 +273,7 @@ def greedy_generator(model, tokenizer, n: int, max_new_tokens: int, batch_size: 
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                ids, mask = left_pad([enc[i] for i in batch], pad_id)
+                ids, mask = pad_batch(tokenizer, [enc[i] for i in batch], side="left")
                 width = ids.shape[1]
                 gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                      max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad_id)

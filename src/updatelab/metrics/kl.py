@@ -23,6 +23,7 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
+from updatelab.models.batching import pad_batch
 from updatelab.models.lm import autocast_context
 
 __all__ = ["kl_from_logits", "LMSide", "final_norm_and_head", "next_token_kl"]
@@ -97,7 +98,6 @@ def next_token_kl(
                       or (updated is not None and final_norm_and_head(updated.model) is None)):
         per_layer = False  # no logit lens for this architecture: the mean KL alone
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_real = sum(len(r) for r in enc)
     stride = 1 if lens_tokens is None or lens_tokens >= n_real else -(-n_real // int(lens_tokens))
     n_lens = 0
@@ -105,13 +105,7 @@ def next_token_kl(
     per_block: torch.Tensor | None = None
     n_tokens = 0
     for start in range(0, len(enc), batch_size):
-        rows = enc[start : start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = pad_batch(tokenizer, enc[start : start + batch_size])
         ids, mask = ids.to(device), mask.to(device)
         real = mask.bool()
         with autocast_context(device, autocast):

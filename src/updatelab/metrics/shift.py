@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from updatelab.metrics.cka_streaming import LinearCKAAccumulator, MinibatchCKA
+from updatelab.models.batching import mean_pool, pad_batch
 from updatelab.models.lm import autocast_context
 from updatelab.progress import steps
 
@@ -42,26 +43,18 @@ def pooled_hidden_states(
     """
     device = next(model.parameters()).device
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[torch.Tensor] = []
     for start in steps(range(0, len(texts), batch_size), desc, progress):
-        rows = enc[start : start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # right padding: positions and causal attention stay as unpadded
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = pad_batch(tokenizer, enc[start : start + batch_size])
         with autocast_context(device, autocast):
             hs = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True).hidden_states
         stacked = torch.stack([h.float() for h in hs])  # (layers, b, t, d)
         m = mask.to(stacked.device)
         if pooling == "last":
             last = m.sum(1) - 1
-            pooled = stacked[:, torch.arange(len(rows)), last]
+            pooled = stacked[:, torch.arange(len(last)), last]
         else:
-            w = m[None, :, :, None].float()
-            pooled = (stacked * w).sum(2) / w.sum(2).clamp(min=1.0)
+            pooled = mean_pool(stacked, m)
         out.append(pooled.cpu())
     return torch.cat(out, dim=1)
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from updatelab.models.batching import pad_batch
 from updatelab.progress import steps
 
 
@@ -42,8 +43,7 @@ class PromptBuilder:
     """One prompt format for every arm, so that arms differ only in strategy.
 
     The instruct model needs its chat template; a system turn asking for only the answer
-    keeps it from restating the passage (measured: ~21% -> ~60% answers containing the gold
-    string with perfect retrieval).
+    keeps it from restating the passage (experiments/fair_contest/README.md, "The prompt").
     """
 
     system: str  # closed-book system turn
@@ -80,19 +80,6 @@ class GenerationStats:
     truncated: list[bool] = field(default_factory=list)  # per prompt: the budget ran out before an end token
 
 
-@torch.inference_mode()
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id rows -> (ids, attention mask), padded on the left: a decoder-only model then
-    continues every row right after its last real token."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, r in enumerate(rows):
-        ids[row, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[row, width - len(r) :] = 1
-    return ids, mask
-
-
 def generate(
     model,
     tokenizer,
@@ -121,7 +108,7 @@ def generate(
     start = time.perf_counter()
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in steps(batches, desc, progress):
-        ids, mask = left_pad([enc[i] for i in batch], pad_id)
+        ids, mask = pad_batch(tokenizer, [enc[i] for i in batch], side="left")
         width = ids.shape[1]
         t0 = time.perf_counter()
         with autocast_context(device, autocast):

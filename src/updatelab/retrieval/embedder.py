@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from updatelab.models.batching import mean_pool, pad_batch
 from updatelab.models.lm import autocast_context
 from updatelab.progress import steps
 
@@ -108,15 +109,9 @@ class Embedder:
         # Sorting by length keeps padding (wasted compute) small.
         order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
         tokens = 0
-        pad = self.tokenizer.pad_token_id or 0
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for batch in steps(batches, desc, progress):
-            width = max(len(enc[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(enc[i])] = torch.tensor(enc[i])
-                mask[row, : len(enc[i])] = 1
+            ids, mask = pad_batch(self.tokenizer, [enc[i] for i in batch])
             tokens += int(mask.sum())
             with autocast_context(self.device, self.autocast):
                 hidden = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
@@ -127,7 +122,7 @@ class Embedder:
             elif self.pooling == "max":
                 vec = hidden.masked_fill(m == 0, -1e9).max(dim=1).values
             else:
-                vec = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+                vec = mean_pool(hidden, mask)
             if self.normalize:
                 vec = torch.nn.functional.normalize(vec, dim=-1)
             out[batch] = vec.cpu().numpy()

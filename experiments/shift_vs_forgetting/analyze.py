@@ -28,6 +28,7 @@ MEASURES = (
     ("1 - CKA min", "shift.lm.cka_min", lambda v: 1.0 - v),
     ("KL nats/token", "shift.lm.kl_mean", lambda v: v),
     ("intruders", "shift.lm.intruders_total", lambda v: v),
+    ("‖ΔW‖_F", "shift.lm.delta_fro_total", lambda v: v),
 )
 
 
@@ -53,7 +54,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"r": dig(r, "config.adapter.r"), "lr": dig(r, "config.adapter.lr"),
                                "replay": dig(r, "config.strategy.replay_ratio"),
                                "updated": 100 * dig(r, "metrics.updated.contains", float("nan")),
-                               "steps": dig(r, "cost.train.steps")}
+                               "steps": f"{dig(r, 'cost.train.steps')} / {dig(r, 'training.selected_step', '–')}"}
         for split in LOSSES:
             d = paired_difference([r], base, split)
             row[split] = None if d is None else (-100 * d.mean, -100 * d.hi, -100 * d.lo)  # loss = base - arm
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     for n in notes:
         print(f"note: {n}")
     table = rows(records)
-    head = ["r", "lr", "replay", "steps", "updated %", "general loss pp [95% CI]",
+    head = ["r", "lr", "replay", "steps trained / kept (dev)", "updated %", "general loss pp [95% CI]",
             "unchanged loss pp [95% CI]", *[m[0] for m in MEASURES]]
     print("| " + " | ".join(head) + " |")
     print("|" + " --- |" * len(head))
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
             pts = [(row[name], row[split][0]) for row in table if row[name] is not None and row[split]]
             if len(pts) < 3:
                 cells.append("—")
+                continue
+            if len({round(v, 9) for _, v in pts}) < 3:  # a rank correlation over ties says nothing
+                cells.append(f"— (the loss takes {len({round(v, 9) for _, v in pts})} values)")
                 continue
             rho, p = exact_spearman(*map(list, zip(*pts)))
             cells.append(f"{rho:+.2f} (p {p:.2f}, n {len(pts)})")

@@ -97,6 +97,7 @@ def hierarchical_bootstrap(
     many worlds as there are, with replacement, then within each drawn world as many values as it
     has, with replacement; its statistic is the mean of all values drawn, so that a question
     weighs the same in every world, as in the point estimate. None when there are no values.
+    (Not `scipy.stats.bootstrap`: it resamples one level, and the worlds are a level of their own.)
     """
     arrays = [a for a in (_finite(w) for w in worlds) if a.size]
     if not arrays:

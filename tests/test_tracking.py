@@ -85,12 +85,35 @@ def test_the_results_file_and_a_lora_adapter_are_output_artifacts(tmp_path, offl
     results.write_text("{}")
     (adapter / "adapter_config.json").write_text("{}")
     (adapter / "adapter_model.safetensors").write_bytes(b"weights")
-    record = {"run_id": "lora_s0", "strategy": "lora", "artifacts": {"adapter": {"path": str(adapter), "bytes": 7}}}
+    record = {"run_id": "lora_s0", "strategy": "lora", "artifacts": {"adapter": {"path": str(adapter), "bytes": 7}},
+              "cost": {"train": {"adapter_key": "k123", "reused_adapter": False}}}
     with wb.wandb_run(CFG, CONFIG, "lora_s0", tmp_path) as run:
         wb.log_outputs(run, results, record)
     made = artifacts(run_records(tmp_path))
     assert manifest_paths(made["results"]) == {"lora_s0.json"} and not made["results"].get("use_after_commit")
     assert manifest_paths(made["adapter"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    assert made["adapter"]["name"] == "adapter-k123" and not made["adapter"].get("use_after_commit")
+
+
+def test_a_cell_that_reused_a_training_uses_the_adapter_artifact_that_training_made(tmp_path, offline):
+    """lora trains; lora_rag with the same recipe reuses the training and keeps its own copy of the
+    adapter: the copy is an input of lora_rag's run, the same artifact version lora's run made."""
+    runs = {}
+    for arm, reused in (("lora", False), ("lora_rag", True)):
+        folder = tmp_path / arm / "adapter"
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "adapter_model.safetensors").write_bytes(b"the same weights")
+        results = tmp_path / arm / f"{arm}_s0.json"
+        results.write_text("{}")
+        record = {"run_id": f"{arm}_s0", "strategy": arm, "artifacts": {"adapter": {"path": str(folder)}},
+                  "cost": {"train": {"adapter_key": "k123", "reused_adapter": reused}}}
+        with wb.wandb_run(CFG, {**CONFIG, "strategy": {"name": arm}}, f"{arm}_s0", tmp_path / arm / "run") as run:
+            wb.log_outputs(run, results, record)
+        runs[arm] = artifacts(run_records(tmp_path / arm / "run"))["adapter"]
+    made, used = runs["lora"], runs["lora_rag"]
+    assert not made.get("use_after_commit") and used["use_after_commit"]  # output of one, input of the other
+    assert made["name"] == used["name"] == "adapter-k123" and made["digest"] == used["digest"]
 
 
 def test_a_full_fine_tunes_model_folder_is_no_adapter_artifact(tmp_path, offline):

@@ -6,7 +6,8 @@ interrupted sweep never leaves a run that looks alive.
 
 Lineage: the knowledge update is a ``dataset`` artifact the run uses (one version per content,
 so the runs of a matched experiment hang off the same version); the results file is a
-``results`` artifact and a LoRA arm's adapter folder an ``adapter`` artifact, both outputs.
+``results`` artifact, an output; a LoRA arm's adapter folder an ``adapter`` artifact named by its
+training key, the output of the cell that trained it and an input of every cell that reused it.
 """
 
 from __future__ import annotations
@@ -196,18 +197,24 @@ def use_dataset(run: Any, update: Any) -> None:
     with tempfile.TemporaryDirectory(prefix="updatelab-dataset-") as tmp:
         update.save(tmp)
         art.add_dir(tmp)  # copied into W&B's staging area now, so the folder may go
-        aliases = [f"fp-{update.fingerprint[:12]}"]
-        if run.settings._offline:
-            # `use_artifact` refuses offline runs, but for a new artifact all it does is log it
-            # marked "use after commit"; that record in the run file links it as an input on sync.
-            run._log_artifact(art, aliases=aliases, is_user_created=True, use_after_commit=True)
-        else:
-            run.use_artifact(art, aliases=aliases)
+        _use(run, art, [f"fp-{update.fingerprint[:12]}"])
+
+
+def _use(run: Any, art: Any, aliases: list[str] | None = None) -> None:
+    """`art` as an input of the run (the same content as a version logged before is that version)."""
+    if run.settings._offline:
+        # `use_artifact` refuses offline runs, but for a new artifact all it does is log it
+        # marked "use after commit"; that record in the run file links it as an input on sync.
+        run._log_artifact(art, aliases=aliases, is_user_created=True, use_after_commit=True)
+    else:
+        run.use_artifact(art, aliases=aliases)
 
 
 def log_outputs(run: Any, results_file: Path, record: Mapping[str, Any]) -> None:
     """The results file as a ``results`` artifact and, for a LoRA arm, its adapter folder as an
-    ``adapter`` artifact (a full fine-tune's model folder is not an adapter and is left out)."""
+    ``adapter`` artifact named by its training key (a full fine-tune's model folder is not an
+    adapter and is left out): an output of the cell that trained it, an input of a cell that
+    reused that training (e.g. `lora_rag` with `lora`'s recipe), which then hangs off the same version."""
     if not _active(run):
         return
     meta = {k: record.get(k) for k in ("experiment", "run_id", "strategy", "seed", "data_fingerprint")}
@@ -217,9 +224,14 @@ def log_outputs(run: Any, results_file: Path, record: Mapping[str, Any]) -> None
     adapter = (record.get("artifacts") or {}).get("adapter") or {}
     folder = Path(adapter["path"]) if adapter.get("path") else None
     if folder is not None and (folder / "adapter_config.json").is_file():
-        art = wandb.Artifact(_artifact_name("adapter", record["run_id"]), type="adapter",
-                             metadata={**meta, "bytes": adapter.get("bytes")})
+        train = (record.get("cost") or {}).get("train") or {}
+        key = train.get("adapter_key") or record["run_id"]
+        art = wandb.Artifact(_artifact_name("adapter", key), type="adapter",
+                             metadata={**meta, "adapter_key": key, "bytes": adapter.get("bytes")})
         # Immutable: uploaded from the results folder it stays in, rather than copied into
         # W&B's staging area to wait there for `wandb sync`.
         art.add_dir(str(folder), policy="immutable")
-        run.log_artifact(art)
+        if train.get("reused_adapter"):
+            _use(run, art)
+        else:
+            run.log_artifact(art)

@@ -149,9 +149,7 @@ def analyse(records: list[dict[str, Any]], experiment: str, notes: list[str] | N
                 for n in dict.fromkeys(pnotes):
                     notes.append(f"{g.label} vs {b.label}: {n}")
                 per_split[split] = stats.paired_difference(g.records, b.records, split, n_boot=n_boot)
-            if base != stats.FORGETTING_REFERENCE:  # closed_book retrieves nothing
-                recall = f"recall@{top_k}"
-                per_split[recall] = stats.paired_difference(g.records, b.records, stats.RETRIEVAL, recall, n_boot=n_boot)
+            per_split.update(stats.recall_difference(g.records, b.records, base, top_k, n_boot=n_boot))
             rows.append((g, per_split))
         if rows:
             diffs[base] = rows

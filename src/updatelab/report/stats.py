@@ -383,6 +383,18 @@ def reference_splits(baseline: str, splits: Sequence[str]) -> list[str]:
     return [s for s in splits if baseline != FORGETTING_REFERENCE or s in FORGETTING_SPLITS]
 
 
+def recall_difference(
+    arm: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], baseline_name: str, k: int,
+    n_boot: int = DEFAULT_BOOT, seed: int = 0,
+) -> dict[str, Estimate | None]:
+    """``{"recall@k": paired difference of per-question retrieval hits}`` when `baseline_name` is a
+    reference for retrieval; ``{}`` for the forgetting reference (closed_book retrieves nothing)."""
+    if baseline_name == FORGETTING_REFERENCE:
+        return {}
+    key = f"recall@{k}"
+    return {key: paired_difference(arm, baseline, RETRIEVAL, key, n_boot=n_boot, seed=seed)}
+
+
 # --------------------------------------------------------------------------------------- other
 
 

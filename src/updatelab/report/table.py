@@ -115,6 +115,7 @@ def differences(records: Sequence[dict[str, Any]], baseline: str = BASELINE, n_b
     the forgetting reference, on the splits the baseline is a reference for."""
     varied, groups = group_records(records)
     splits = stats.reference_splits(baseline, stats.present_splits(records))
+    k = retrieval_depth(records, [])
     out = []
     for key, rs in groups.items():
         if key[0] in (baseline, stats.FORGETTING_REFERENCE):
@@ -124,9 +125,7 @@ def differences(records: Sequence[dict[str, Any]], baseline: str = BASELINE, n_b
             continue
         label = key[0] + "".join(f" · {k.rsplit('.', 1)[-1]}={v}" for k, v in zip(varied, key[1:]))
         est = stats.compare(rs, base, splits, n_boot=n_boot, seed=seed)
-        if baseline != stats.FORGETTING_REFERENCE:  # closed_book retrieves nothing
-            recall = f"recall@{retrieval_depth(records, [])}"
-            est[recall] = stats.paired_difference(rs, base, stats.RETRIEVAL, recall, n_boot=n_boot, seed=seed)
+        est.update(stats.recall_difference(rs, base, baseline, k, n_boot=n_boot, seed=seed))
         if any(est.values()):
             out.append((label, est))
     return out

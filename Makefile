@@ -68,6 +68,7 @@ report: $(STAMP) ## Write the HTML dashboard of an experiment: make report EXP=u
 	$(PY) -m updatelab.report.dashboard --experiment $(EXP)
 
 bench: $(STAMP) ## Side-by-side speed comparisons (results in experiments/bench/)
+	$(UV) pip install -q --python $(PY) -e '.[dev,bench]'
 	$(PY) experiments/bench/run_all.py $(ARGS)
 
 clean: ## Remove outputs (keeps .venv and the model/embedding cache)

@@ -10,6 +10,8 @@ Comparisons (each is also runnable alone: ``python experiments/bench/<module>.py
   lora_throughput      LoRA training tokens/s: updatelab train_lora vs HF Trainer + PEFT (goal >= 2x)
   embed_throughput     embedding docs/s: updatelab Embedder vs SentenceTransformer.encode (goal >= 2.5x,
                        top-10 overlap >= 0.99, cosine >= 0.999)
+  embed_levers         embedding levers against the configured Embedder: batch 128, bf16 weights,
+                       torch.compile, ONNX Runtime fp32 / int8 (speed and retrieval agreement)
   rag_generation       batched RAG answers/s: updatelab generate vs one model.generate per question
                        (goal >= 4x the faster of fp32 / bf16)
   incremental_reembed  incremental vs full re-embed + index rebuild at 1/10/50% changed
@@ -39,6 +41,7 @@ import benchlib as bl
 BENCHES: dict[str, tuple[str, str]] = {
     "lora_throughput": ("lora_throughput", "lora_throughput.json"),
     "embed_throughput": ("embed_throughput", "embed_throughput.json"),
+    "embed_levers": ("embed_levers", "embed_levers.json"),
     "rag_generation": ("rag_generation", "rag_generation.json"),
     "incremental_reembed": ("incremental_reembed", "incremental_reembed.json"),
     "cka": ("cka_report", "cka.json"),

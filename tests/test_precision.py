@@ -263,3 +263,19 @@ def test_applied_threads_are_set_in_torch_and_recorded(monkeypatch):
         assert (rec["requested"], rec["threads"], rec["chosen"], rec["idle_fraction"]) == ("auto", 1, 1, [0.0, 1.0])
     finally:
         torch.set_num_threads(n)
+
+
+def test_a_training_resamples_auto_threads_and_keeps_explicit_ones(monkeypatch):
+    n = torch.get_num_threads()
+    monkeypatch.setattr(torch_threads, "_chosen", None)
+    monkeypatch.setattr(torch_threads, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr(torch_threads, "cpu_idle_fractions", lambda interval, cpus: [0.0, 1.0])
+    try:
+        torch_threads.apply_threads("auto")  # the cell started beside a busy core
+        monkeypatch.setattr(torch_threads, "cpu_idle_fractions", lambda interval, cpus: [1.0, 1.0])
+        assert torch_threads.resample().threads == 2  # the training starts on two free cores
+        assert torch.get_num_threads() == 2 and torch_threads.threads_record()["idle_fraction"] == [1.0, 1.0]
+        torch_threads.apply_threads(1)
+        assert torch_threads.resample() is None and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(n)

@@ -403,7 +403,7 @@ def test_all_linear_targets_and_constant_schedule(tok, tmp_path):
 
 
 def test_labelled_positions_loss_equals_the_hf_causal_lm_loss(tok):
-    from updatelab.training.module import labelled_positions_loss
+    from updatelab.training.loss import labelled_positions_loss
 
     model = make_model(tok)
     data = LoraDataModule(tok, make_examples(tok), batch_size=10, max_length=64, seed=0)
@@ -413,6 +413,56 @@ def test_labelled_positions_loss_equals_the_hf_causal_lm_loss(tok):
         ours = labelled_positions_loss(model, batch)
         hf = model(**batch, use_cache=False).loss
     torch.testing.assert_close(ours, hf, rtol=1e-6, atol=1e-6)
+
+
+def _qa_batch(tok):
+    """QA rows with the same chat-template start (and one row padded): a prefix to share."""
+    data = LoraDataModule(tok, [qa(tok, "what is the capital of spain", "madrid"), qa(tok, "what is the answer", "paris"),
+                                qa(tok, "what is the capital of france now", "paris")], batch_size=3, max_length=64, seed=0)
+    return data.collator(data.items)
+
+
+def test_the_shared_prefix_is_the_unpadded_unlabelled_start_of_every_row(tok):
+    from updatelab.training.loss import shared_prefix_length
+
+    batch = _qa_batch(tok)
+    prefix = shared_prefix_length(batch)
+    common = tok("<bos> user : what is the", add_special_tokens=False)["input_ids"]  # what the three questions share
+    assert prefix == len(common)
+    ids = batch["input_ids"]
+    assert (ids[:, :prefix] == ids[:1, :prefix]).all() and not (ids[:, prefix] == ids[0, prefix]).all()
+    labelled = dict(batch, labels=batch["labels"].clone())
+    labelled["labels"][1, 3] = ids[1, 3]  # a target inside the prefix: only the positions before it are shared
+    assert shared_prefix_length(labelled) == 0  # 2 < MIN_SHARED_PREFIX
+    one_row = {k: v[:1] for k, v in batch.items()}
+    assert shared_prefix_length(one_row) == 0
+
+
+def test_a_shared_prefix_gives_the_hf_loss_and_the_same_gradients(tok):
+    from peft import LoraConfig, get_peft_model
+
+    from updatelab.training.loss import labelled_positions_loss, shared_prefix_length
+
+    batch = _qa_batch(tok)
+    assert shared_prefix_length(batch) > 0
+    model = get_peft_model(make_model(tok), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    for n, p in model.named_parameters():  # LoRA B starts at zero: make the adapter's path non-trivial
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    model.train()
+    grads = []
+    for share in (True, False):
+        model.zero_grad()
+        loss = labelled_positions_loss(model, batch, share_prefix=share)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        if share:
+            shared_loss = loss.detach()
+    with torch.no_grad():
+        hf = model(**batch, use_cache=False).loss
+    torch.testing.assert_close(shared_loss, hf, rtol=1e-5, atol=1e-6)
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_training_attention_kernel_is_restored_for_generation(tok, tmp_path):

@@ -109,6 +109,15 @@ def apply_threads(requested: Any, interval: float = 0.2) -> ThreadsChoice:
     return choice
 
 
+def resample(interval: float = 0.2) -> ThreadsChoice | None:
+    """Choose ``auto`` again from the cores free now (None when the count was not ``auto``). A
+    training is most of a cell's time: the cores free when the cell started, maybe beside a
+    job that has ended since, are the wrong sample for it."""
+    if _chosen is None or _chosen.source != "auto":
+        return None
+    return apply_threads(AUTO, interval)
+
+
 def threads_record() -> dict[str, Any]:
     """The thread choice of this process (as `apply_threads` made it) with torch's current count
     (``threads``; ``chosen`` differs from it when something set another count later)."""

@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from updatelab.training.datamodule import IGNORE_INDEX
+from updatelab.training.loss import labelled_positions_loss
 
 CKPT_KEY = "updatelab"
 
@@ -43,29 +44,6 @@ def lr_lambda_factory(total_steps: int, warmup_steps: int, scheduler: str, min_l
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return fn
-
-
-def labelled_positions_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Causal-LM loss (mean over target tokens) with the vocabulary projection only where a label is.
-
-    The HF forward projects every position onto the vocabulary and takes a float32 log-softmax
-    over all of them, although prompt tokens (a QA row's chat template and question, a third
-    of the default training tokens) carry no loss. Projecting only the target positions gives
-    the same loss (same positions, same mean) for less work. Models whose head does more than a
-    linear projection (logit soft-capping) take the HF path.
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    labels = batch["labels"]
-    decoder = getattr(base, "get_decoder", lambda: None)()
-    head = base.get_output_embeddings()
-    if decoder is None or not isinstance(head, torch.nn.Linear) or getattr(base.config, "final_logit_softcapping", None):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, use_cache=False)
-        return out.loss
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep]).float()
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 class LoraLightningModule(pl.LightningModule):

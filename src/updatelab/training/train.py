@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 import pytorch_lightning as pl
 import torch
 
+from updatelab import threads
 from updatelab.signals import StopOnSignal
 from updatelab.training.datamodule import LoraDataModule
 from updatelab.training.dev_selection import DevSelection
@@ -144,6 +145,9 @@ def train_lora(
             raise RuntimeError(f"non-LoRA parameters require grad: {bad[:5]}")
         trainable, total = peft_model.get_nb_trainable_parameters()
 
+    single = str(tcfg["devices"]) in ("1", "[0]") and int(tcfg.get("num_nodes") or 1) == 1
+    if single and tcfg["accelerator"] == "cpu":
+        threads.resample()  # before the precision is timed: both at the thread count the training gets
     precision = resolve_precision(tcfg.get("precision"), tcfg["accelerator"], model=peft_model, data=data,
                                   attn_implementation=tcfg.get("attn_implementation"))
     accum = int(tcfg.get("accumulate_grad_batches") or 1)
@@ -152,7 +156,6 @@ def train_lora(
     if max_steps is None and acfg["epochs"] is None:
         raise ValueError("adapter: set epochs or max_steps")
     world = 1
-    single = str(tcfg["devices"]) in ("1", "[0]") and int(tcfg.get("num_nodes") or 1) == 1
     if not single:
         world = _trainer_world_size(tcfg, precision, extra)
     steps_per_epoch = math.ceil(data.batches_per_epoch(world) / accum)

@@ -68,7 +68,7 @@ def resolve_precision(precision: Any, accelerator: str, model=None, data: LoraDa
     `model` and `data` (and no cached measurement) the CPU falls back to 32-true.
     """
     from updatelab import hardware
-    from updatelab.training.module import labelled_positions_loss
+    from updatelab.training.loss import labelled_positions_loss
 
     acc = str(accelerator).lower()
     device = "cuda" if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()) else (

@@ -453,7 +453,7 @@ def test_a_shared_prefix_gives_the_hf_loss_and_the_same_gradients(tok):
     grads = []
     for share in (True, False):
         model.zero_grad()
-        loss = labelled_positions_loss(model, batch, share_prefix=share)
+        loss = labelled_positions_loss(model, batch, prefix=None if share else 0)
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
         if share:
@@ -463,6 +463,18 @@ def test_a_shared_prefix_gives_the_hf_loss_and_the_same_gradients(tok):
     torch.testing.assert_close(shared_loss, hf, rtol=1e-5, atol=1e-6)
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_a_training_counts_the_shared_prefix_once_in_its_computed_tokens(tok, tmp_path):
+    from updatelab.training.loss import shared_prefix_length
+
+    examples = [qa(tok, "what is the capital of spain", "madrid"), qa(tok, "what is the answer", "paris"),
+                qa(tok, "what is the capital of france now", "paris")]
+    prefix = shared_prefix_length(_qa_batch(tok))
+    for dropout, shared in ((0.0, prefix * 2), (0.05, 0)):  # dropout: each row draws its own masks, nothing shared
+        _, stats = train_lora(make_model(tok), tok, examples, {**ADAPTER, "batch_size": 3, "max_steps": 1, "dropout": dropout},
+                              TRAINER, out_dir=tmp_path / str(dropout), seed=0, progress=False)
+        assert stats.computed_tokens == stats.tokens - shared
 
 
 def test_training_attention_kernel_is_restored_for_generation(tok, tmp_path):

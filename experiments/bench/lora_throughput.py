@@ -9,8 +9,10 @@ learning rate, one epoch.
 Sides (each in a fresh process, alternated):
 
   ours      `updatelab.training.train.train_lora` with the default `adapter` and `trainer`
-            configs (the `lora` arm's code path: Lightning, bf16-mixed, length bucketing,
-            tokenize once), no logger, no progress bar
+            configs (the `lora` arm's code path: Lightning, the precision chosen by measurement,
+            length bucketing, tokenize once, the vocabulary projection only on answer tokens,
+            a batch's shared chat-template prefix run once: updatelab.training.loss), no logger,
+            no progress bar
   hf_fp32   what a user writes: `datasets.map(tokenizer(..., truncation=True, max_length))`,
             `get_peft_model`, `Trainer(TrainingArguments(per_device_train_batch_size, num_train_epochs=1,
             learning_rate, report_to=[]), data_collator=DataCollatorForLanguageModeling(tok, mlm=False))`,
@@ -26,7 +28,8 @@ the closer figure for the arm.
 
 Tokens are REAL (non-padding) tokens, counted from the attention masks of the batches each
 side actually trained on. Utilisation = `lora_train_flops(N_base_non_embedding, N_adapter,
-tokens)` / training-loop wall, against the best GEMM GFLOP/s seen in the run (bf16 peak for
+computed tokens)` / training-loop wall (computed: the positions that ran, a shared prefix once
+per batch; the HF sides run every token), against the best GEMM GFLOP/s seen in the run (bf16 peak for
 bf16 sides, fp32 peak for fp32).
 
     python experiments/bench/lora_throughput.py            # 128 examples, 3 repeats
@@ -157,7 +160,8 @@ def worker_ours(p: dict) -> dict:
         "final_loss": stats.final_loss,
         "n_base": n_base,
         "n_adapter": stats.trainable_params,
-        "flops": lora_train_flops(n_base, stats.trainable_params, stats.tokens),
+        "computed_tokens": stats.computed_tokens,
+        "flops": lora_train_flops(n_base, stats.trainable_params, stats.computed_tokens),
     }
 
 

@@ -198,10 +198,13 @@ class Lora(Recipe, Strategy):
         # identical training cost when it ran), not this call's.
         ph.wall_s = stats.wall_s
         ph.tokens = stats.tokens
-        ph.flops = lora_train_flops(n_base, stats.trainable_params, stats.tokens)
+        # FLOPs of the positions that ran (a batch's shared prefix once); a training recorded before
+        # the prefix was shared ran every token.
+        computed = stats.computed_tokens or stats.tokens
+        ph.flops = lora_train_flops(n_base, stats.trainable_params, computed)
         ph.extra.update({
                 "examples": len(data.examples), "steps": stats.steps, "epochs": stats.epochs,
-                "trained_tokens": stats.trained_tokens, "tokens_per_s": stats.tokens_per_s,
+                "trained_tokens": stats.trained_tokens, "computed_tokens": computed, "tokens_per_s": stats.tokens_per_s,
                 "final_loss": stats.final_loss, "trainable_params": stats.trainable_params,
                 "total_params": stats.total_params, "adapter_bytes": stats.adapter_bytes, "reused_adapter": reused,
                 "adapter_key": key, "method": stats.method, "selected_step": stats.selected_step,

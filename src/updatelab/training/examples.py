@@ -57,6 +57,7 @@ class TrainStats:
     resumed_from_step: int = 0  # global step the call started from (0 = fresh start)
     padding_fraction: float = 0.0  # padded positions / all positions of one epoch's batches
     method: str = "lora"  # lora | full
+    computed_tokens: int = 0  # token positions run through the model (a batch's shared prefix once: training.loss)
     dev: dict[str, Any] | None = None  # dev-split history: [[step, score]], best_step, best_score, stopped_early
     selected_step: int = 0  # the optimizer step whose weights were returned
 

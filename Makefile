@@ -49,10 +49,11 @@ run: $(STAMP) ## Run the default matched experiment (all arms, one seed) and pri
 	$(PY) -m updatelab.report.table --experiment $(call name_in_args,default)
 
 # Test files run in parallel, each whole in one worker (its module fixtures run once): most tests
-# drive single-threaded subprocesses, so a worker per core, up to 4, keeps every core busy.
+# drive single-threaded subprocesses, so a worker per core, up to 4, keeps every core busy. The
+# costliest files go first (tests/conftest.py: RUN_FIRST), in that order.
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 test: $(STAMP) chromium ## Run the test suite (offline, W&B disabled; TEST_WORKERS=1 for one process)
-	WANDB_MODE=disabled $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	WANDB_MODE=disabled $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 # Starts munged, slurmctld and slurmd (tests/cluster/slurm_up.sh) and stops them again, also on failure.
 test-cluster: $(STAMP) ## Run the SLURM tests on a one-node cluster started here (root; installs slurm-wlm + munge with apt-get)

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from conftest import TINY_CELL as TINY, own_cache
+from conftest import TINY_CELL as TINY, TINY_KL, own_cache
 from updatelab.run import run_cell
 
 
 # lora_rag's options set back to lora's: the two cells then train identically.
-SAME_RECIPE_AS_LORA = ("strategy.raft=false", "strategy.qa_per_fact=null", "strategy.adapter_overrides=null")
+SAME_RECIPE_AS_LORA = ("strategy.raft=false", "strategy.qa_per_fact=null", "strategy.adapter_overrides=null", *TINY_KL)
 
 
 def _tiny_lora_cfg(root, strategy: str, *overrides: str):
@@ -35,7 +35,7 @@ def tiny_lora(tmp_path_factory, converted_lm):
     root = tmp_path_factory.mktemp("lora")
     mp = pytest.MonkeyPatch()
     mp.setenv("UPDATELAB_ROOT", str(root))
-    cfg = _tiny_lora_cfg(root, "lora")
+    cfg = _tiny_lora_cfg(root, "lora", *TINY_KL)
     own_cache(root)
     rec = run_cell(cfg, out_dir=root / "out")
     yield rec, root
@@ -68,10 +68,12 @@ def test_lora_trains_an_adapter_and_leaves_base_weights_untouched(tiny_lora):
     assert (Path(rec["artifacts"]["adapter"]["path"]) / "adapter_model.safetensors").exists()
 
 
-def test_lora_moves_the_latent_space(tiny_lora):
-    cka = tiny_lora[0]["shift"]["lm"]["cka_per_layer"]
-    assert cka[0] == 1.0  # the embedding output: LoRA adapts no embedding
-    assert min(cka[1:]) < 1.0
+def test_lora_moves_the_latent_space_and_the_next_token_distribution(tiny_lora):
+    lm = tiny_lora[0]["shift"]["lm"]
+    assert lm["cka_per_layer"][0] == 1.0  # the embedding output: LoRA adapts no embedding
+    assert min(lm["cka_per_layer"][1:]) < 1.0
+    # against the adapter-disabled model: the base weights, checked by fingerprint
+    assert lm["kl_mean"] > 0 and len(lm["kl_per_layer"]) == 30 and min(lm["kl_per_layer"]) > 0
 
 
 def test_lora_answers_closed_book(tiny_lora):
@@ -82,7 +84,8 @@ def test_lora_answers_closed_book(tiny_lora):
 
 def test_lora_rag_trained_to_read_sees_retrieved_passages_and_trains_its_own_adapter(tiny_lora):
     lora, root = tiny_lora
-    rag = run_cell(_tiny_lora_cfg(root, "lora_rag", "adapter.max_steps=2"), out_dir=root / "out_raft")
+    # its training is the subject: no latent-shift measurement
+    rag = run_cell(_tiny_lora_cfg(root, "lora_rag", "adapter.max_steps=2", "shift.enabled=false"), out_dir=root / "out_raft")
     training = rag["training"]
     assert training["recipe"]["raft"] and training["counts"]["raft_with_gold"] > 0
     assert not rag["cost"]["train"]["reused_adapter"]

@@ -8,6 +8,8 @@ training. We therefore convert it once into a plain safetensors folder and load 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import importlib.util
 import logging
@@ -34,14 +36,36 @@ def package_dir(package: str) -> Path:
     return Path(spec.origin).parent
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF file anew for the config, the tensors and the tokenizer, and
+    builds gguf's tensor-name map again for every submodule; in here each is built once. Both are
+    read-only (memory-mapped fields, a name table), so sharing them changes no value."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+
+    @functools.cache
+    def parsed(path: str, mode: str = "r"):
+        return reader(path, mode)
+
+    gguf.GGUFReader = lambda path, mode="r": parsed(os.fspath(path), mode)
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+
+
 def _convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (one time)", gguf_file, out_dir)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    with _gguf_parsed_once():
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
     # The GGUF origin marks the config as quantized; the weights are already de-quantized floats.
     if hasattr(config, "quantization_config"):
         del config.quantization_config

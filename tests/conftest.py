@@ -30,9 +30,11 @@ TINY_KL = ["shift.kl.enabled=true", "shift.kl.lens_tokens=16"]
 # The files that start subprocesses or run whole pipeline cells, costliest first: they start first
 # (make test keeps this order: --no-loadscope-reorder), so that the short files fill the end and the
 # workers finish together. xdist's own order (most tests first) left single-test files like these
-# for the end, behind one another on one worker.
-RUN_FIRST = ["test_signals.py", "test_ddp.py", "test_sweep.py", "test_pipeline_lora.py", "test_formats.py",
-             "test_bad_inputs.py", "test_embedder_ft.py", "test_own_data.py", "test_pipeline.py", "test_wheel.py",
+# for the end, behind one another on one worker. DDP comes last of them: its two ranks wait for
+# each other, so it runs beside the other worker's single-process files rather than beside
+# another file's subprocesses.
+RUN_FIRST = ["test_signals.py", "test_sweep.py", "test_pipeline_lora.py", "test_formats.py", "test_embedder_ft.py",
+             "test_bad_inputs.py", "test_own_data.py", "test_pipeline.py", "test_wheel.py", "test_ddp.py",
              "test_models.py", "test_tracking.py", "test_dashboard.py", "test_config_schema.py"]
 
 

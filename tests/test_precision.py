@@ -4,6 +4,7 @@ machine, explicit values pass through, and the thread count follows the idle cor
 Slowdowns are injected (a sleep in the timed step of one precision), never taken from the
 hardware, so the tests decide the same way on every CPU."""
 
+import copy
 import time
 
 import pytest
@@ -186,6 +187,23 @@ def test_generation_auto_times_a_real_generate_batch(tiny_lm, slow_bf16, expecte
     rec = hardware.recorded()["generate"]
     # the record is the measured choice, not the explicit calls the measurement made
     assert (rec["precision"], rec["source"], set(rec["timings_s"])) == (expected, "measured", {"float32", "bfloat16"})
+
+
+def test_generation_with_an_unmerged_adapter_reuses_the_base_models_measurement(tiny_lm):
+    from peft import LoraConfig, get_peft_model
+
+    from updatelab.models.lm import generate
+
+    model, tok = tiny_lm
+    generate(model, tok, ["Where was Ilsa born?"], max_new_tokens=2, batch_size=1, autocast="auto", progress=False)
+    base_choice = hardware.recorded()["generate"]
+    peft = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert hardware.model_id(peft) != hardware.model_id(model)  # training still tells them apart
+    assert hardware.model_id(peft, adapter=False) == hardware.model_id(model, adapter=False)
+    hardware.reset_recorded()  # the lora arm's cell, after the base model's
+    generate(peft, tok, ["Where was Ilsa born?"], max_new_tokens=2, batch_size=1, autocast="auto", progress=False)
+    rec = hardware.recorded()["generate"]
+    assert rec["source"] == "cache" and rec["key"] == base_choice["key"] and rec["precision"] == base_choice["precision"]
 
 
 def test_embedder_auto_times_a_real_batch_and_fingerprints_the_choice(monkeypatch):

@@ -120,14 +120,20 @@ def _key_file(root: Path, key: str) -> Path:
     return root / "precision" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
 
 
-def model_id(model: Any, trainable: bool = False) -> str:
-    """A model's identity for the cache key: its name, parameter count and (training) trainable count."""
+def model_id(model: Any, trainable: bool = False, adapter: bool = True) -> str:
+    """A model's identity for the cache key: its name, parameter count and (training) trainable count.
+
+    `adapter` False: an unmerged LoRA adapter's tensors are not counted. Where the base model's
+    matmuls decide which precision is faster (generation: the adapter adds rank-r products to
+    each of them), an arm with an adapter shares the base model's measurement instead of
+    repeating it."""
     config = getattr(model, "config", None)
-    name = Path(str(getattr(config, "_name_or_path", "") or type(model).__name__)).name
-    params = list(model.parameters())
-    out = f"{name}:{sum(p.numel() for p in params)}p"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = Path(str(getattr(config, "_name_or_path", "") or type(base).__name__)).name
+    named = [(n, p) for n, p in model.named_parameters() if adapter or "lora_" not in n]
+    out = f"{name}:{sum(p.numel() for _, p in named)}p"
     if trainable:
-        out += f":{sum(p.numel() for p in params if p.requires_grad)}t"
+        out += f":{sum(p.numel() for _, p in named if p.requires_grad)}t"
     return out
 
 

@@ -150,7 +150,7 @@ def generation_autocast(model, tokenizer, prompts: Sequence[str], requested: str
 
     device = next(model.parameters()).device
     if requested != "auto":
-        hardware.choose("generate", requested, model=hardware.model_id(model), device=device)  # recorded
+        hardware.choose("generate", requested, model=hardware.model_id(model, adapter=False), device=device)  # recorded
         return requested
     sample = hardware.sample_texts(MEASURE_PROMPTS, MEASURE_WORDS)
 
@@ -160,4 +160,4 @@ def generation_autocast(model, tokenizer, prompts: Sequence[str], requested: str
 
     shape = f"{MEASURE_PROMPTS}x{MEASURE_WORDS}w+{MEASURE_NEW_TOKENS}"  # in the key: another shape, another measurement
     return hardware.choose("generate", "auto", measure=measure if prompts else None,
-                           model=f"{hardware.model_id(model)}:{shape}", device=device).precision
+                           model=f"{hardware.model_id(model, adapter=False)}:{shape}", device=device).precision

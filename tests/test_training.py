@@ -578,3 +578,22 @@ def test_replay_examples_are_the_base_models_own_answers_cached_once(tok, tmp_pa
     with_passages, _ = replay.rehearsal_examples(model, tok, builder, eval_cfg, tmp_path, model_key="tiny",
                                                 passages_for=lambda qs: [["alice joined"] for _ in qs])
     assert all("alice joined" in e.prompt for e in with_passages)
+
+
+def test_a_training_in_a_redirected_log_writes_lines_and_no_progress_bar(tmp_path, monkeypatch, caplog):
+    import pytorch_lightning as pl
+
+    bars, init = [], pl.Trainer.__init__
+
+    def recording_init(self, *args, **kwargs):
+        bars.append(kwargs.get("enable_progress_bar"))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "__init__", recording_init)
+    tok = make_tokenizer()
+    with caplog.at_level(logging.INFO):
+        train_lora(make_model(tok), tok, make_examples(tok), {**ADAPTER, "max_steps": 4},
+                   {**TRAINER, "enable_progress_bar": True}, out_dir=tmp_path, seed=0,
+                   progress=True)  # under pytest stdout is no terminal
+    assert bars == [False]  # the bar would leave its last frame in the log
+    assert "train step 4/4" in caplog.text

@@ -188,8 +188,8 @@ def train_lora(
     elif acfg["select"] == "best_dev":
         raise ValueError("adapter.select=best_dev needs a dev split (dev.jsonl); none was given")
     # A redirected log gets lines instead of the bar (which would leave its last frame there).
-    bar = bool(progress and tcfg["enable_progress_bar"] and sys.stdout.isatty())
-    if progress and not sys.stdout.isatty():
+    redirected = not sys.stdout.isatty()
+    if progress and redirected:
         callbacks.append(LogProgress(every=max(1, max_steps // 20)))
     callbacks.append(StopOnSignal(checkpoint_cb.last_path))  # SIGTERM/INT/USR2: save last.ckpt now, stop (updatelab.signals)
     trainer = pl.Trainer(
@@ -198,7 +198,7 @@ def train_lora(
         # max_steps decides; max_epochs (the epochs those steps touch) only labels the progress bar
         max_epochs=math.ceil(max_steps / steps_per_epoch),
         log_every_n_steps=int(tcfg["log_every_n_steps"]),
-        enable_progress_bar=bar,
+        enable_progress_bar=bool(progress and tcfg["enable_progress_bar"] and not redirected),
         gradient_clip_val=tcfg.get("gradient_clip_val"),
         accumulate_grad_batches=accum,
         deterministic=tcfg.get("deterministic"),

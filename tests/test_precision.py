@@ -49,7 +49,7 @@ def test_auto_picks_the_faster_of_the_two_precisions(phase):
 def test_the_second_call_reads_the_cache_without_measuring(private_cache):
     calls: list[str] = []
     first = hardware.choose("train", "auto", measure=slowed("bf16-mixed", calls), model="m", warmup=1, repeats=3)
-    assert sorted(calls) == ["32-true"] * 4 + ["bf16-mixed"] * 4  # warm-up + repeats, both precisions
+    assert sorted(calls) == ["32-true"] * 2 + ["bf16-mixed"] * 2  # warm-up + one decisive round, both precisions
     n = len(calls)
     second = hardware.choose("train", "auto", measure=slowed("32-true", calls), model="m")
     assert len(calls) == n  # no re-measurement, although this step would now favour bf16
@@ -60,6 +60,16 @@ def test_the_second_call_reads_the_cache_without_measuring(private_cache):
     hardware.choose("train", "auto", measure=slowed("32-true", calls), model="other")
     hardware.choose("generate", "auto", measure=slowed("bfloat16", calls), model="m")
     assert len(calls) == 3 * n
+
+
+def test_a_decisive_first_round_ends_the_measurement_and_a_close_one_takes_every_round():
+    calls: list[str] = []
+    decisive = hardware.time_candidates(slowed("bfloat16", calls), ("float32", "bfloat16"), warmup=1, repeats=3)
+    assert {c: len(s) for c, s in decisive.items()} == {"float32": 1, "bfloat16": 1} and len(calls) == 4
+    close = hardware.time_candidates(lambda c: time.sleep(SLOW), ("float32", "bfloat16"), warmup=1, repeats=3)
+    assert {c: len(s) for c, s in close.items()} == {"float32": 3, "bfloat16": 3}
+    forced = hardware.time_candidates(slowed("bfloat16"), ("float32", "bfloat16"), warmup=1, repeats=3, decisive=None)
+    assert {c: len(s) for c, s in forced.items()} == {"float32": 3, "bfloat16": 3}
 
 
 @pytest.mark.parametrize("phase,value", [("train", "32-true"), ("train", "bf16-mixed"), ("train", "16-mixed"),

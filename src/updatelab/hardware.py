@@ -5,7 +5,7 @@ some run bf16 matmuls much faster than fp32, others (bf16 instructions but no AM
 ``auto`` is decided by measurement, not by CPU flags: for each phase (``train``, ``embed``,
 ``generate``, ``shift``) the caller passes a callable that runs one real step of the configured model in a
 given precision; `choose` times it in fp32 and in bf16 (warm-up calls, then timed repeats
-alternating between the two, median) and takes the faster. The choice is cached once per machine
+alternating between the two, median; one round when it is decisive) and takes the faster. The choice is cached once per machine
 in ``<cache_dir>/precision/<key>.json``, the key naming the CPU model (with its bf16/AMX flags),
 the torch version, the model and the phase. Explicit values are returned unchanged; on a GPU the
 rule is bf16 where supported. Every choice made in a cell is kept (`recorded`) for the results
@@ -185,19 +185,28 @@ def _record(choice: PrecisionChoice) -> PrecisionChoice:
 # --------------------------------------------------------------------------- measurement
 
 
+# A first round whose slower candidate took this many times the faster's decides on its own:
+# timing noise on a quiet machine is far smaller, and further rounds would repeat the verdict.
+DECISIVE_RATIO = 1.25
+
+
 def time_candidates(measure: Callable[[str], Any], candidates: Sequence[str], warmup: int = 1,
-                    repeats: int = 3) -> dict[str, list[float]]:
-    """Seconds per call of ``measure(candidate)``: warm-up calls first, then timed calls
-    alternating between the candidates (so that a transient load hits both alike)."""
+                    repeats: int = 3, decisive: float | None = DECISIVE_RATIO) -> dict[str, list[float]]:
+    """Seconds per call of ``measure(candidate)``: warm-up calls first, then timed rounds
+    alternating between the candidates (so that a transient load hits both alike), up to
+    `repeats` rounds; after the first round, none more if it was `decisive` (None: always all)."""
     for c in candidates:
         for _ in range(warmup):
             measure(c)
     samples: dict[str, list[float]] = {c: [] for c in candidates}
-    for _ in range(max(1, repeats)):
+    for round_ in range(max(1, repeats)):
         for c in candidates:
             t0 = time.perf_counter()
             measure(c)
             samples[c].append(time.perf_counter() - t0)
+        first = [samples[c][0] for c in candidates]
+        if round_ == 0 and decisive is not None and max(first) >= decisive * min(first):
+            break
     return samples
 
 
@@ -292,6 +301,7 @@ def choose(
                     "timings_s": {c: statistics.median(s) for c, s in samples.items()}, "samples_s": samples,
                     "cpu": cpu_model(), "torch": torch.__version__, "model": model,
                     "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+                    "decisive_ratio": DECISIVE_RATIO,
                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "threads_choice": threads.current().as_dict() if threads.current() else None,
                 }

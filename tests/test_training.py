@@ -597,3 +597,68 @@ def test_a_training_in_a_redirected_log_writes_lines_and_no_progress_bar(tmp_pat
                    progress=True)  # under pytest stdout is no terminal
     assert bars == [False]  # the bar would leave its last frame in the log
     assert "train step 4/4" in caplog.text
+
+
+# -- frozen weights in bf16 under bf16-mixed ---------------------------------------------------------
+
+
+class FrozenDtypes(pl.Callback):
+    """The dtypes of the adapted layers' frozen weights at every training step."""
+
+    def __init__(self):
+        self.seen: set[torch.dtype] = set()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen |= {m.base_layer.weight.dtype for m in pl_module.modules() if hasattr(m, "lora_A")}
+
+
+def test_under_bf16_mixed_the_frozen_weights_train_in_bf16_and_the_same_fp32_tensors_come_back(tok, tmp_path):
+    model = make_model(tok)
+    before = {n: p for n, p in model.named_parameters()}
+    rec = FrozenDtypes()
+    peft_model, _ = run(tok, model, tmp_path, adapter={"max_steps": 2}, trainer={"callbacks": [rec]})
+    assert rec.seen == {torch.bfloat16}
+    after = {n.replace(".base_layer", ""): p for n, p in peft_model.get_base_model().named_parameters() if "lora_" not in n}
+    assert all(after[n] is p and p.dtype == torch.float32 for n, p in before.items())
+
+
+def test_under_32_true_the_frozen_weights_stay_fp32(tok, tmp_path):
+    rec = FrozenDtypes()
+    run(tok, make_model(tok), tmp_path, adapter={"max_steps": 1}, trainer={"precision": "32-true", "callbacks": [rec]})
+    assert rec.seen == {torch.float32}
+
+
+def test_the_dev_scorer_sees_the_fp32_frozen_weights(tok, tmp_path):
+    dtypes = []
+
+    def score(model):
+        dtypes.extend(m.base_layer.weight.dtype for m in model.modules() if hasattr(m, "lora_A"))
+        return 0.0
+
+    run(tok, make_model(tok), tmp_path, adapter={"max_steps": 2, "dev_every_steps": 1}, dev_score=score)
+    assert dtypes and set(dtypes) == {torch.float32}
+
+
+def test_bf16_frozen_weights_give_autocasts_loss_and_gradients(tok):
+    from peft import LoraConfig, get_peft_model
+
+    from updatelab.training.frozen_weights import frozen_weights_in
+    from updatelab.training.loss import labelled_positions_loss
+
+    batch = _qa_batch(tok)
+    model = get_peft_model(make_model(tok), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    model.train()
+    out = []
+    for held in (False, True):
+        model.zero_grad()
+        with frozen_weights_in(model, enabled=held) as cast, torch.autocast("cpu", dtype=torch.bfloat16):
+            assert held == (cast is not None and len(cast) == 2 * 7)  # 2 layers x 7 linear kinds
+            loss = labelled_positions_loss(model, batch)
+            loss.backward()
+        out.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-3, atol=1e-4)
+    for n in out[0][1]:
+        torch.testing.assert_close(out[0][1][n], out[1][1][n], rtol=1e-2, atol=1e-3, msg=n)

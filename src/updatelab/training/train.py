@@ -40,6 +40,7 @@ from updatelab.signals import StopOnSignal
 from updatelab.training.datamodule import LoraDataModule
 from updatelab.training.dev_selection import DevSelection
 from updatelab.training.examples import TrainExample, TrainStats
+from updatelab.training.frozen_weights import FrozenWeightsCast
 from updatelab.training.log_progress import LogProgress
 from updatelab.training.module import LoraLightningModule
 from updatelab.training.trainer_setup import (
@@ -174,6 +175,14 @@ def train_lora(
         min_lr_ratio=acfg.get("min_lr_ratio") or 0.0,
         fingerprint=_fingerprint(data, acfg, seed),
     )
+    # Under bf16 autocast the adapted layers compute with bf16 copies of their frozen weights anyway.
+    frozen_cast = FrozenWeightsCast(peft_model) if method == "lora" and precision == "bf16-mixed" else None
+    if frozen_cast is not None and dev_score is not None:
+        score_at_own_precision = dev_score
+
+        def dev_score(m):  # generation chooses its own precision, which may be fp32
+            with frozen_cast.original():
+                return score_at_own_precision(m)
     checkpoint_cb = FinalStepCheckpoint(ckpt_dir, int(every))
     callbacks = [checkpoint_cb, *(tcfg.get("callbacks") or [])]
     selector = None
@@ -213,10 +222,11 @@ def train_lora(
     ckpt_path = str(last_ckpt) if last_ckpt.exists() else None
     log.info(
         "%s: %d/%d trainable params; %d seqs, %d tokens/epoch (%.1f%% padding), "
-        "%d steps, precision %s%s",
+        "%d steps, precision %s%s%s",
         "full fine-tuning" if method == "full" else f"LoRA r={acfg['r']} on {acfg.get('target_modules') or 'all-linear'}",
         trainable, total, data.num_sequences,
         data.tokens_per_epoch, 100 * data.padding_fraction, max_steps, precision,
+        f" (frozen weights of {len(frozen_cast)} adapted layers held in bf16)" if frozen_cast is not None else "",
         f", resuming from {ckpt_path}" if ckpt_path else "",
     )
     t0 = time.perf_counter()
@@ -229,10 +239,14 @@ def train_lora(
         try:
             if tcfg.get("attn_implementation"):
                 base_model.set_attn_implementation(tcfg["attn_implementation"])
+            if frozen_cast is not None:
+                frozen_cast.apply()
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
         finally:
             # Training and generation are fastest with different kernels on CPU.
             base_model.set_attn_implementation(attn_before)
+            if frozen_cast is not None:
+                frozen_cast.restore()
     wall = time.perf_counter() - t0
 
     if selector is not None:

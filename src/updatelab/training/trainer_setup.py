@@ -13,6 +13,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from updatelab.training.datamodule import LoraDataModule
+from updatelab.training.frozen_weights import adapted_linears, frozen_weights_in
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -88,15 +89,19 @@ def resolve_precision(precision: Any, accelerator: str, model=None, data: LoraDa
                     if attn_implementation:
                         base.set_attn_implementation(attn_implementation)
                     model.train()
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=candidate == "bf16-mixed"):
+                    bf16 = candidate == "bf16-mixed"
+                    # What the training runs: under bf16-mixed the frozen weights are held in bf16.
+                    with frozen_weights_in(model, enabled=bf16), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                         loss = labelled_positions_loss(model, batch)
-                    loss.backward()
+                        loss.backward()
                 finally:
                     model.zero_grad(set_to_none=True)
                     model.train(was_training)
                     base.set_attn_implementation(attn_before)
 
     mid = hardware.model_id(model, trainable=True) if model is not None else ""
+    if model is not None and adapted_linears(model):
+        mid += ":frozen-bf16"  # the bf16 candidate holds frozen weights in bf16 (a measurement without it does not count)
     return hardware.choose("train", requested, measure=measure, model=mid, device=device).precision
 
 

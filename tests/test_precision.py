@@ -182,6 +182,31 @@ def test_training_auto_times_a_real_lora_step(tiny_lm, slow_bf16, expected):
         peft.unload()
 
 
+def test_the_training_measurement_runs_a_whole_batch_and_under_bf16_the_frozen_weights_in_bf16(tiny_lm):
+    from peft import get_peft_model
+
+    from updatelab.training.datamodule import LoraDataModule
+    from updatelab.training.examples import TrainExample
+    from updatelab.training.trainer_setup import ADAPTER_DEFAULTS, build_lora_config, resolve_precision
+
+    model, tok = tiny_lm
+    examples = [TrainExample(prompt="", completion=f"Person {i} was born in city number {i * 7}.") for i in range(12)]
+    data = LoraDataModule(tok, examples, batch_size=6, max_length=32, seed=0)
+    peft = get_peft_model(model, build_lora_config(ADAPTER_DEFAULTS))
+    seen = []
+    layer = peft.get_base_model().model.layers[0]
+    handle = layer.register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].shape[0], torch.is_autocast_enabled("cpu"), m.self_attn.q_proj.base_layer.weight.dtype)))
+    try:
+        resolve_precision("auto", "cpu", model=peft, data=data)
+        assert {(rows, dtype) for rows, bf16, dtype in seen} == {(6, torch.float32), (6, torch.bfloat16)}
+        assert all((dtype == torch.bfloat16) == bf16 for _, bf16, dtype in seen)
+        assert all(m.base_layer.weight.dtype == torch.float32 for m in peft.modules() if hasattr(m, "lora_A"))
+    finally:
+        handle.remove()
+        peft.unload()
+
+
 @pytest.mark.parametrize("slow_bf16,expected", [(True, "float32"), (False, "bfloat16")])
 def test_generation_auto_times_a_real_generate_batch(tiny_lm, slow_bf16, expected):
     from updatelab.models.lm import generate

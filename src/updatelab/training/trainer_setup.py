@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from updatelab.training.datamodule import LoraDataModule
-from updatelab.training.frozen_weights import adapted_linears, frozen_weights_in
+from updatelab.training.frozen_weights import FrozenWeightsCast, adapted_linears
 
 LLAMA_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -59,13 +59,15 @@ _OWN_TRAINER_KEYS = set(TRAINER_DEFAULTS) | {"num_nodes", "callbacks"}
 
 
 def resolve_precision(precision: Any, accelerator: str, model=None, data: LoraDataModule | None = None,
-                      attn_implementation: str | None = None, max_rows: int = 4) -> str:
+                      attn_implementation: str | None = None, max_rows: int | None = None) -> str:
     """The Lightning precision of the training; explicit values are returned unchanged.
 
     `None`/"auto" (`updatelab.hardware.choose`, phase ``train``): on a GPU bf16-mixed where
     supported (else 16-mixed); on the CPU the faster of 32-true and bf16-mixed, measured once per
     machine on a real step of `model` (forward + backward of the training loss) on a middle-length
-    batch of `data` (at most `max_rows` rows), with the training's attention kernel. Without
+    batch of `data` (a whole batch unless `max_rows` caps it: a batch of a few rows underrates bf16 on
+    CPUs whose bf16 matmuls are fast, because the fixed costs of a step weigh more), with the
+    training's attention kernel and, under bf16-mixed, the frozen weights in bf16. Without
     `model` and `data` (and no cached measurement) the CPU falls back to 32-true.
     """
     from updatelab import hardware
@@ -79,8 +81,11 @@ def resolve_precision(precision: Any, accelerator: str, model=None, data: LoraDa
     if model is not None and data is not None and device == "cpu":
         bucket = data.buckets[len(data.buckets) // 2]
         batch = data.collator([data.items[i] for i in bucket[:max_rows]])
+        casts: list[FrozenWeightsCast] = []  # made at the first measurement (not when the cache answers), outside the timing
 
         def measure(candidate: str) -> None:
+            if not casts:
+                casts.append(FrozenWeightsCast(model))
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             attn_before, was_training = base.config._attn_implementation, model.training
             # The RNG state is kept: whether a measurement ran must not change the training.
@@ -90,18 +95,21 @@ def resolve_precision(precision: Any, accelerator: str, model=None, data: LoraDa
                         base.set_attn_implementation(attn_implementation)
                     model.train()
                     bf16 = candidate == "bf16-mixed"
-                    # What the training runs: under bf16-mixed the frozen weights are held in bf16.
-                    with frozen_weights_in(model, enabled=bf16), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    if bf16:  # what the training runs: under bf16-mixed the frozen weights are held in bf16
+                        casts[0].apply()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                         loss = labelled_positions_loss(model, batch)
-                        loss.backward()
+                    loss.backward()
                 finally:
+                    casts[0].restore()
                     model.zero_grad(set_to_none=True)
                     model.train(was_training)
                     base.set_attn_implementation(attn_before)
 
     mid = hardware.model_id(model, trainable=True) if model is not None else ""
-    if model is not None and adapted_linears(model):
-        mid += ":frozen-bf16"  # the bf16 candidate holds frozen weights in bf16 (a measurement without it does not count)
+    if model is not None and data is not None:
+        # What the measurement times belongs to the key: a whole batch, frozen weights in bf16 under bf16-mixed.
+        mid += f":{len(data.buckets[len(data.buckets) // 2][:max_rows])}rows" + (":frozen-bf16" if adapted_linears(model) else "")
     return hardware.choose("train", requested, measure=measure, model=mid, device=device).precision
 
 

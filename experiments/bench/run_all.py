@@ -70,6 +70,15 @@ def run_one(name: str, args: argparse.Namespace) -> tuple[bool, float]:
     return proc.returncode == 0, dt
 
 
+def machine_of(report: dict) -> str:
+    """The CPU a result was measured on (the JSON files of one summary may come from different machines)."""
+    m = report.get("machine")
+    if not isinstance(m, dict) or "cpu_model" not in m:
+        return "not recorded"
+    amx = " (AMX)" if "amx_bf16" in m.get("cpu_flags", []) else ""
+    return f"{m.get('cpu_model', '?')}{amx}, {m.get('cores_usable', '?')} cores"
+
+
 def render(quick: bool, status: dict[str, str] | None = None) -> str:
     """Rebuild RESULTS.md whole from the JSON files present; returns the summary table."""
     d = bl.out_dir(quick)
@@ -80,18 +89,18 @@ def render(quick: bool, status: dict[str, str] | None = None) -> str:
         if not path.exists():
             sections.append((name, f"## {name}\n\nNot run yet (`python experiments/bench/run_all.py "
                                    f"{'--quick ' if quick else ''}--only {name}`)."))
-            summary.append([name, "not run yet", "-", "-", "-"])
+            summary.append([name, "not run yet", "-", "-", "-", "-"])
             continue
         try:
             report = json.loads(path.read_text())
             sections.append((name, mod.markdown(report)))
-            summary += [[name, *row] for row in mod.headline(report)]
+            summary += [[name, *row, machine_of(report)] for row in mod.headline(report)]
         except Exception as e:  # a stale JSON of an older format must not stop the others
             sections.append((name, f"## {name}\n\nCould not render {path.name}: {type(e).__name__}: {e}"))
-            summary.append([name, "unreadable JSON", "-", "-", str(e)[:80]])
+            summary.append([name, "unreadable JSON", "-", "-", str(e)[:80], "-"])
         if status and status.get(name) == "failed":
-            summary.append([name, "this run FAILED (figures above, if any, are from an older JSON)", "-", "-", "-"])
-    table = bl.md_table(["benchmark", "comparison", "result (median, min–max)", "goal", "verdict"], summary)
+            summary.append([name, "this run FAILED (figures above, if any, are from an older JSON)", "-", "-", "-", "-"])
+    table = bl.md_table(["benchmark", "comparison", "result (median, min–max)", "goal", "verdict", "machine"], summary)
     body = "## Summary\n\n" + table + "\n\nMissed goals say by how much; the sections below have the figures."
     bl.write_results_md([("summary", body), *sections], quick)
     return table

@@ -438,18 +438,23 @@ def test_the_shared_prefix_is_the_unpadded_unlabelled_start_of_every_row(tok):
     assert shared_prefix_length(one_row) == 0
 
 
-def test_a_shared_prefix_gives_the_hf_loss_and_the_same_gradients(tok):
+def _nontrivial_lora(tok):
+    """A LoRA model in training mode whose adapter path is not zero (LoRA B starts at zero)."""
     from peft import LoraConfig, get_peft_model
 
+    model = get_peft_model(make_model(tok), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1)
+    return model.train()
+
+
+def test_a_shared_prefix_gives_the_hf_loss_and_the_same_gradients(tok):
     from updatelab.training.loss import labelled_positions_loss, shared_prefix_length
 
     batch = _qa_batch(tok)
     assert shared_prefix_length(batch) > 0
-    model = get_peft_model(make_model(tok), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
-    for n, p in model.named_parameters():  # LoRA B starts at zero: make the adapter's path non-trivial
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.1)
-    model.train()
+    model = _nontrivial_lora(tok)
     grads = []
     for share in (True, False):
         model.zero_grad()
@@ -640,17 +645,11 @@ def test_the_dev_scorer_sees_the_fp32_frozen_weights(tok, tmp_path):
 
 
 def test_bf16_frozen_weights_give_autocasts_loss_and_gradients(tok):
-    from peft import LoraConfig, get_peft_model
-
     from updatelab.training.frozen_weights import frozen_weights_in
     from updatelab.training.loss import labelled_positions_loss
 
     batch = _qa_batch(tok)
-    model = get_peft_model(make_model(tok), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            torch.nn.init.normal_(p, std=0.1)
-    model.train()
+    model = _nontrivial_lora(tok)
     out = []
     for held in (False, True):
         model.zero_grad()

@@ -96,9 +96,21 @@ def test_explicit_values_pass_through_the_phase_entry_points():
     assert hardware.recorded()["generate"]["precision"] == "float32"
 
 
+def _cpuinfo_text(family: int, model: int) -> str:
+    return (f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+            f"model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+
+
+def test_the_key_tells_apart_cpu_generations_that_share_a_model_name():
+    zen4, zen5 = (hardware.cpu_signature(hardware.parse_cpuinfo(_cpuinfo_text(f, m))) for f, m in ((25, 17), (26, 2)))
+    assert zen4 == "AMD EPYC (family 25 model 17) [avx512f,avx512_bf16]"
+    assert zen5 == "AMD EPYC (family 26 model 2) [avx512f,avx512_bf16]"
+
+
 def test_the_key_names_the_cpu_model_torch_version_model_and_phase(private_cache):
     choice = hardware.choose("embed", "auto", measure=slowed("bfloat16"), model="all-minilm-l6-v2:22713216p")
     assert hardware.cpu_model() in choice.key and hardware.cpu_model() != "unknown-cpu"
+    assert hardware.cpu_signature() in choice.key
     assert f"torch {torch.__version__}" in choice.key
     assert "all-minilm-l6-v2:22713216p" in choice.key and choice.key.endswith("| embed")
     rec = hardware.recorded()["embed"]

@@ -71,16 +71,6 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cpu_flags() -> list[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -104,10 +94,13 @@ def machine_info(threads: int) -> dict[str, Any]:
     import psutil
     import torch
 
+    from updatelab import hardware
+
     return {
         "cores_logical": os.cpu_count(),
         "cores_usable": default_threads(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": hardware.cpu_model(),
+        "cpu_generation": hardware.cpu_generation(),
         "cpu_flags": _cpu_flags(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
@@ -383,7 +376,8 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def machine_line(m: dict[str, Any]) -> str:
-    return (f"{m.get('cores_usable')} cores ({m.get('cpu_model')}, {', '.join(m.get('cpu_flags', []))}), "
+    cpu = ", ".join(x for x in (m.get("cpu_model"), m.get("cpu_generation"), *m.get("cpu_flags", [])) if x)
+    return (f"{m.get('cores_usable')} cores ({cpu}), "
             f"torch {m.get('torch')}, {m.get('torch_threads')} torch threads, "
             f"load avg at start {m.get('loadavg_at_start', [0])[0]:.2f}")
 

@@ -16,12 +16,18 @@ overlap of FAISS flat search), because a lever is kept only where retrieval stay
                 ``backend="onnx"`` runs, which itself needs optimum-onnx (it pins transformers
                 4.x, not installable beside this project's transformers 5)
   ort_int8      the same graph with ONNX Runtime's dynamic int8 quantization of the weights
+  ov_f32        OpenVINO (CPU plugin, the same thread count) on the model converted with
+                `openvino.convert_model`, our batching and pooling, inference precision f32;
+                what sentence-transformers' ``backend="openvino"`` runs (it needs optimum-intel)
+  ov_bf16       the same with inference precision bf16 (the plugin's default where the CPU has
+                bf16 instructions)
   st            `SentenceTransformer.encode` defaults (fp32, batch 32): the reference vectors
 
     python experiments/bench/embed_levers.py            # 2,000 docs, 200 queries, 3 repeats
     python experiments/bench/embed_levers.py --quick    # 200 docs, 50 queries, 1 repeat
 
-The ORT sides need ``pip install onnxruntime onnx`` (the ``bench`` extra; `make bench` installs it).
+The ORT sides need ``pip install onnxruntime onnx``, the OpenVINO sides ``pip install openvino`` (the
+``bench`` extra; `make bench` installs them).
 """
 
 from __future__ import annotations
@@ -37,27 +43,63 @@ import benchlib as bl
 from embed_throughput import GOAL_COSINE, GOAL_OVERLAP, agreement
 
 NAME = "embed_levers"
-SIDES = ["ours", "batch_128", "bf16_weights", "compile", "ort_fp32", "ort_int8", "st"]
+SIDES = ["ours", "batch_128", "bf16_weights", "compile", "ort_fp32", "ort_int8", "ov_f32", "ov_bf16", "st"]
 REFERENCE = "st"
 
 
-def _ort_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length: int, work: Path, int8: bool):
+class _LastHidden:
+    """The embedder's transformer as a module of (input_ids, attention_mask) -> last hidden state."""
+
+    @staticmethod
+    def build(path: str):
+        import torch
+        from transformers import AutoModel
+
+        class LastHidden(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, attention_mask):
+                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        return LastHidden(AutoModel.from_pretrained(path, attn_implementation="eager").eval())
+
+
+def _numpy_encoder(run_batch, tokenizer, batch_size: int, max_length: int, dim: int):
+    """Our batching (length-sorted) and pooling (masked mean, L2) around a runtime's forward pass."""
     import numpy as np
+
+    def encode(texts):
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(enc[i]) for i in batch)
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for row, i in enumerate(batch):
+                ids[row, : len(enc[i])], mask[row, : len(enc[i])] = enc[i], 1
+            hidden = run_batch(ids, mask)
+            vec = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            out[batch] = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+        return out
+
+    return encode
+
+
+def _example(tokenizer):
+    return tokenizer(["a short text", "another one"], padding=True, return_tensors="pt")
+
+
+def _ort_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length: int, work: Path, int8: bool):
     import onnxruntime as ort
     import torch
-    from transformers import AutoModel
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     graph = work / "embedder.onnx"
-    model = LastHidden(AutoModel.from_pretrained(path, attn_implementation="eager").eval())
-    example = tokenizer(["a short text", "another one"], padding=True, return_tensors="pt")
+    model = _LastHidden.build(path)
+    example = _example(tokenizer)
     axes = {0: "batch", 1: "tokens"}
     torch.onnx.export(model, (example["input_ids"], example["attention_mask"]), str(graph), opset_version=17,
                       input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
@@ -71,24 +113,23 @@ def _ort_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    run_batch = lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]  # noqa: E731
+    return _numpy_encoder(run_batch, tokenizer, batch_size, max_length, model.model.config.hidden_size)
 
-    def encode(texts):
-        enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
-        out = np.zeros((len(texts), session.get_outputs()[0].shape[-1] or 384), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(enc[i]) for i in batch)
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for row, i in enumerate(batch):
-                ids[row, : len(enc[i])], mask[row, : len(enc[i])] = enc[i], 1
-            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-            vec = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-            out[batch] = vec / np.linalg.norm(vec, axis=1, keepdims=True)
-        return out
 
-    return encode
+def _ov_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length: int, precision: str):
+    import openvino as ov
+
+    model = _LastHidden.build(path)
+    example = _example(tokenizer)
+    graph = ov.convert_model(model, example_input=(example["input_ids"], example["attention_mask"]),
+                             input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
+    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": precision,
+                                                      "INFERENCE_NUM_THREADS": threads,
+                                                      "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    run_batch = lambda ids, mask: request.infer({0: ids, 1: mask})[0]  # noqa: E731
+    return _numpy_encoder(run_batch, tokenizer, batch_size, max_length, model.model.config.hidden_size)
 
 
 def worker(side: str, p: dict) -> dict:
@@ -117,6 +158,15 @@ def worker(side: str, p: dict) -> dict:
         encode_queries = encode
         info = {"batch_size": cfg["batch_size"], "compute": "int8 weights" if side == "ort_int8" else "fp32",
                 "export_s": export.wall_s}
+    elif side.startswith("ov_"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        precision = side.removeprefix("ov_")
+        with bl.timed() as export:
+            encode = _ov_encoder(path, tokenizer, p["threads"], cfg["batch_size"], cfg["max_length"], precision)
+        encode_queries = encode
+        info = {"batch_size": cfg["batch_size"], "compute": f"OpenVINO {precision}", "export_s": export.wall_s}
     else:
         from updatelab.retrieval.embedder import build_embedder
 
@@ -147,6 +197,11 @@ def _available(side: str) -> str | None:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             return f"not installed ({e.name}): pip install onnxruntime onnx"
+    if side.startswith("ov_"):
+        try:
+            import openvino  # noqa: F401
+        except ImportError as e:
+            return f"not installed ({e.name}): pip install openvino"
     return None
 
 

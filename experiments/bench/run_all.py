@@ -75,8 +75,9 @@ def machine_of(report: dict) -> str:
     m = report.get("machine")
     if not isinstance(m, dict) or "cpu_model" not in m:
         return "not recorded"
-    amx = " (AMX)" if "amx_bf16" in m.get("cpu_flags", []) else ""
-    return f"{m.get('cpu_model', '?')}{amx}, {m.get('cores_usable', '?')} cores"
+    details = [d for d in (m.get("cpu_generation"), "AMX" if "amx_bf16" in m.get("cpu_flags", []) else "") if d]
+    described = f"{m.get('cpu_model', '?')} ({', '.join(details)})" if details else m.get("cpu_model", "?")
+    return f"{described}, {m.get('cores_usable', '?')} cores"
 
 
 def render(quick: bool, status: dict[str, str] | None = None) -> str:

@@ -70,17 +70,23 @@ class PrecisionChoice:
 # --------------------------------------------------------------------------- machine identity
 
 
+def parse_cpuinfo(text: str) -> tuple[str, frozenset[str], str]:
+    """(model name, flags, generation) of the first processor in /proc/cpuinfo's text; the generation
+    is x86's "family F model M", since one model name ("AMD EPYC") can stand for CPU generations of
+    different bf16 speed."""
+    m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    f = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    fam, num = re.search(r"^cpu family\s*:\s*(\d+)$", text, re.M), re.search(r"^model\s*:\s*(\d+)$", text, re.M)
+    return (m.group(1).strip() if m else "", frozenset(f.group(1).split()) if f else frozenset(),
+            f"family {fam.group(1)} model {num.group(1)}" if fam and num else "")
+
+
 @functools.lru_cache(maxsize=1)
-def _cpuinfo() -> tuple[str, frozenset[str]]:
-    model, flags = "", frozenset()
+def _cpuinfo() -> tuple[str, frozenset[str], str]:
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = m.group(1).strip() if m else ""
-        f = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = frozenset(f.group(1).split()) if f else frozenset()
+        model, flags, generation = parse_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
+        model, flags, generation = "", frozenset(), ""
     if not model:
         try:
             out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
@@ -88,7 +94,7 @@ def _cpuinfo() -> tuple[str, frozenset[str]]:
             model = m.group(1).strip() if m else ""
         except (OSError, subprocess.SubprocessError):
             pass
-    return model or platform.processor() or platform.machine() or "unknown-cpu", flags
+    return model or platform.processor() or platform.machine() or "unknown-cpu", flags, generation
 
 
 def cpu_model() -> str:
@@ -96,10 +102,16 @@ def cpu_model() -> str:
     return _cpuinfo()[0]
 
 
-def cpu_signature() -> str:
-    """CPU model name plus the ISA flags that decide bf16 speed, e.g. ``AMD EPYC 7B13 [avx512_bf16,...]``."""
-    model, flags = _cpuinfo()
-    return f"{model} [{','.join(f for f in _ISA_FLAGS if f in flags)}]"
+def cpu_generation() -> str:
+    """x86 family and model numbers ("family 26 model 2"), or "" where /proc/cpuinfo has none."""
+    return _cpuinfo()[2]
+
+
+def cpu_signature(info: tuple[str, frozenset[str], str] | None = None) -> str:
+    """CPU model name, generation and the ISA flags that decide bf16 speed (of this machine, or of
+    `parse_cpuinfo`'s result), e.g. ``AMD EPYC (family 25 model 17) [avx512f,avx512_bf16]``."""
+    model, flags, generation = info or _cpuinfo()
+    return f"{model}{f' ({generation})' if generation else ''} [{','.join(f for f in _ISA_FLAGS if f in flags)}]"
 
 
 _SAMPLE_WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
@@ -281,7 +293,7 @@ def choose(
                 data = {
                     "key": key, "phase": phase, "precision": faster(samples, candidates),
                     "timings_s": {c: statistics.median(s) for c, s in samples.items()}, "samples_s": samples,
-                    "cpu": cpu_model(), "torch": torch.__version__, "model": model,
+                    "cpu": cpu_signature(), "torch": torch.__version__, "model": model,
                     "threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
                     "decisive_ratio": DECISIVE_RATIO,
                     "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -116,7 +116,7 @@ def test_sweep_dirs_of_runs_started_in_the_same_second_differ(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("experiment, cells", [("update_strategies", 15), ("lora_rank", 27), ("kb_change", 27),
-                                              ("shift_vs_forgetting", 6)])
+                                              ("shift_vs_forgetting", 6), ("lora_train_seeds", 10)])
 def test_experiment_grids(experiment, cells, compose_cfg):
     from hydra import compose, initialize_config_dir
 
@@ -128,6 +128,12 @@ def test_experiment_grids(experiment, cells, compose_cfg):
     assert cfg.name == experiment
     grid = sweep_cells(cfg)
     assert len(grid) == cells and len({tuple(sorted(c)) for c in grid}) == cells
+
+
+def test_lora_train_seeds_vary_the_training_and_keep_the_world(compose_cfg):
+    cells = [compose_cfg("experiment=lora_train_seeds", "strategy=lora", f"seed={s}") for s in (0, 3)]
+    assert [c.seed for c in cells] == [0, 3]
+    assert [c.data.generator.seed for c in cells] == [0, 0]
 
 
 def test_lora_rank_keeps_alpha_at_twice_the_rank(compose_cfg):

@@ -16,11 +16,11 @@ overlap of FAISS flat search), because a lever is kept only where retrieval stay
                 ``backend="onnx"`` runs, which itself needs optimum-onnx (it pins transformers
                 4.x, not installable beside this project's transformers 5)
   ort_int8      the same graph with ONNX Runtime's dynamic int8 quantization of the weights
-  ov_f32        OpenVINO (CPU plugin, the same thread count) on the model converted with
-                `openvino.convert_model`, our batching and pooling, inference precision f32;
-                what sentence-transformers' ``backend="openvino"`` runs (it needs optimum-intel)
-  ov_bf16       the same with inference precision bf16 (the plugin's default where the CPU has
-                bf16 instructions)
+  ov_f32        the configured `Embedder` with ``runtime: openvino``: OpenVINO's CPU plugin on the
+                model converted by `openvino.convert_model` (the same thread count), our batching
+                and pooling, inference precision f32; what sentence-transformers'
+                ``backend="openvino"`` runs (it needs optimum-intel)
+  ov_bf16       the same with inference precision bf16
   st            `SentenceTransformer.encode` defaults (fp32, batch 32): the reference vectors
 
     python experiments/bench/embed_levers.py            # 2,000 docs, 200 queries, 3 repeats
@@ -45,25 +45,7 @@ from embed_throughput import GOAL_COSINE, GOAL_OVERLAP, agreement
 NAME = "embed_levers"
 SIDES = ["ours", "batch_128", "bf16_weights", "compile", "ort_fp32", "ort_int8", "ov_f32", "ov_bf16", "st"]
 REFERENCE = "st"
-
-
-class _LastHidden:
-    """The embedder's transformer as a module of (input_ids, attention_mask) -> last hidden state."""
-
-    @staticmethod
-    def build(path: str):
-        import torch
-        from transformers import AutoModel
-
-        class LastHidden(torch.nn.Module):
-            def __init__(self, model):
-                super().__init__()
-                self.model = model
-
-            def forward(self, input_ids, attention_mask):
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-        return LastHidden(AutoModel.from_pretrained(path, attn_implementation="eager").eval())
+OV_PRECISION = {"ov_f32": "float32", "ov_bf16": "bfloat16"}  # embedder.runtime=openvino at this precision
 
 
 def _numpy_encoder(run_batch, tokenizer, batch_size: int, max_length: int, dim: int):
@@ -89,17 +71,16 @@ def _numpy_encoder(run_batch, tokenizer, batch_size: int, max_length: int, dim: 
     return encode
 
 
-def _example(tokenizer):
-    return tokenizer(["a short text", "another one"], padding=True, return_tensors="pt")
-
-
 def _ort_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length: int, work: Path, int8: bool):
     import onnxruntime as ort
     import torch
+    from transformers import AutoModel
+
+    from updatelab.retrieval.openvino_runtime import LastHidden
 
     graph = work / "embedder.onnx"
-    model = _LastHidden.build(path)
-    example = _example(tokenizer)
+    model = LastHidden(AutoModel.from_pretrained(path, attn_implementation="eager").eval())
+    example = tokenizer(["a short text", "another one"], padding=True, return_tensors="pt")
     axes = {0: "batch", 1: "tokens"}
     torch.onnx.export(model, (example["input_ids"], example["attention_mask"]), str(graph), opset_version=17,
                       input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
@@ -117,21 +98,6 @@ def _ort_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length
     return _numpy_encoder(run_batch, tokenizer, batch_size, max_length, model.model.config.hidden_size)
 
 
-def _ov_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length: int, precision: str):
-    import openvino as ov
-
-    model = _LastHidden.build(path)
-    example = _example(tokenizer)
-    graph = ov.convert_model(model, example_input=(example["input_ids"], example["attention_mask"]),
-                             input=[("input_ids", [-1, -1], ov.Type.i64), ("attention_mask", [-1, -1], ov.Type.i64)])
-    compiled = ov.Core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                      "INFERENCE_NUM_THREADS": threads,
-                                                      "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
-    run_batch = lambda ids, mask: request.infer({0: ids, 1: mask})[0]  # noqa: E731
-    return _numpy_encoder(run_batch, tokenizer, batch_size, max_length, model.model.config.hidden_size)
-
-
 def worker(side: str, p: dict) -> dict:
     import numpy as np
     import torch
@@ -140,7 +106,8 @@ def worker(side: str, p: dict) -> dict:
     data = json.loads(Path(p["data_file"]).read_text())
     docs, queries = data["docs"], data["queries"]
     path = bl.embedder_path()
-    cfg = dict(p["embedder"], **({"batch_size": 128} if side == "batch_128" else {}))
+    cfg = dict(p["embedder"], **({"batch_size": 128} if side == "batch_128" else {}),
+               **({"runtime": "openvino", "autocast": OV_PRECISION[side]} if side in OV_PRECISION else {}))
     info: dict = {}
     if side == "st":
         from sentence_transformers import SentenceTransformer
@@ -158,15 +125,6 @@ def worker(side: str, p: dict) -> dict:
         encode_queries = encode
         info = {"batch_size": cfg["batch_size"], "compute": "int8 weights" if side == "ort_int8" else "fp32",
                 "export_s": export.wall_s}
-    elif side.startswith("ov_"):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        precision = side.removeprefix("ov_")
-        with bl.timed() as export:
-            encode = _ov_encoder(path, tokenizer, p["threads"], cfg["batch_size"], cfg["max_length"], precision)
-        encode_queries = encode
-        info = {"batch_size": cfg["batch_size"], "compute": f"OpenVINO {precision}", "export_s": export.wall_s}
     else:
         from updatelab.retrieval.embedder import build_embedder
 
@@ -177,7 +135,8 @@ def worker(side: str, p: dict) -> dict:
             emb.model = torch.compile(emb.model, dynamic=True)
         encode = lambda texts: emb.encode(texts)[0]  # noqa: E731
         encode_queries = emb.encode_queries
-        info = {"batch_size": emb.batch_size, "compute": "bf16 weights" if side == "bf16_weights" else emb.autocast}
+        compute = "bf16 weights" if side == "bf16_weights" else emb.autocast
+        info = {"batch_size": emb.batch_size, "compute": f"OpenVINO {compute}" if side in OV_PRECISION else compute}
     start = time.perf_counter()
     encode(docs[:16])  # warm-up (compiles, for `compile`)
     info["warmup_s"] = time.perf_counter() - start

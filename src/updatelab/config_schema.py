@@ -91,6 +91,7 @@ class EmbedderConfig:
     max_length: int = check(ge=1)
     batch_size: int = check(ge=1)
     autocast: str = check(choices=AUTOCAST)
+    runtime: str = check(choices=("torch", "openvino"))
     normalize: bool = MISSING
     query_prefix: str = MISSING
     doc_prefix: str = MISSING

@@ -6,7 +6,8 @@ on the machine at hand (``autocast: auto``, measured once per machine by
 `updatelab.hardware.choose`; bf16 keeps cosine to fp32 >= 0.9999) and a cache keyed by the
 hash of each text.
 Pooling follows the model folder's sentence-transformers config, so the vectors are the
-model's own (mean pooling + L2 normalisation for all-MiniLM-L6-v2).
+model's own (mean pooling + L2 normalisation for all-MiniLM-L6-v2). ``runtime: openvino`` runs the
+forward pass in OpenVINO instead (`updatelab.retrieval.openvino_runtime`), for large knowledge bases.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import torch
 from updatelab.models.batching import mean_pool, pad_batch
 from updatelab.models.lm import autocast_context
 from updatelab.progress import steps
+from updatelab.retrieval import openvino_runtime
+
+RUNTIMES = ("torch", "openvino")
 
 
 def text_hash(text: str) -> str:
@@ -57,8 +61,17 @@ class Embedder:
         trust_remote_code: bool = False,
         query_prefix: str = "",
         doc_prefix: str = "",
+        runtime: str = "torch",
     ):
         from transformers import AutoModel, AutoTokenizer
+
+        if runtime not in RUNTIMES:
+            raise ValueError(f"embedder.runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if runtime == "openvino":
+            if torch.device(device).type != "cpu":
+                raise ValueError(f"embedder.runtime=openvino runs on the CPU, not on device {device!r}")
+            openvino_runtime.require()
+        self.runtime = runtime
 
         self.name, self.path = name, path
         self.max_length, self.batch_size = max_length, batch_size
@@ -88,15 +101,17 @@ class Embedder:
             finally:
                 self.autocast = kept
 
-        return hardware.choose("embed", requested, measure=measure, model=f"{self.name}:{self.n_params}p",
-                               device=self.device)
+        model = f"{self.name}:{self.n_params}p" + ("" if self.runtime == "torch" else f":{self.runtime}")
+        return hardware.choose("embed", requested, measure=measure, model=model, device=self.device)
 
     @property
     def fingerprint(self) -> str:
         """What produced a vector: a cached vector is valid only for the same fingerprint."""
         parts = [self.name, self.pooling, self.max_length, self.autocast, self.normalize, self.doc_prefix]
-        # Only a tuned embedder adds its tuning key, so the base embedder's cached vectors stay valid.
-        key = json.dumps(parts + [self.tuning] if self.tuning else parts, sort_keys=True)
+        # Only a tuned embedder adds its tuning key, and only another runtime its name, so the base
+        # embedder's cached vectors stay valid.
+        extra = ([self.tuning] if self.tuning else []) + ([f"runtime={self.runtime}"] if self.runtime != "torch" else [])
+        key = json.dumps(parts + extra, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     @torch.inference_mode()
@@ -113,8 +128,11 @@ class Embedder:
         for batch in steps(batches, desc, progress):
             ids, mask = pad_batch(self.tokenizer, [enc[i] for i in batch])
             tokens += int(mask.sum())
-            with autocast_context(self.device, self.autocast):
-                hidden = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
+            if self.runtime == "openvino":
+                hidden = openvino_runtime.last_hidden_state(self.model, ids, mask, self.autocast)
+            else:
+                with autocast_context(self.device, self.autocast):
+                    hidden = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).last_hidden_state
             hidden = hidden.float()
             m = mask.to(hidden.device).unsqueeze(-1).float()
             if self.pooling == "cls":
@@ -245,4 +263,5 @@ def build_embedder(path: str, cfg: Mapping[str, Any], device: str = "cpu") -> Em
         trust_remote_code=cfg.get("trust_remote_code", False),
         query_prefix=cfg.get("query_prefix", ""),
         doc_prefix=cfg.get("doc_prefix", ""),
+        runtime=cfg.get("runtime", "torch"),
     )

@@ -10,11 +10,10 @@ each acceptance criterion of the fair-contest issue on their own.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from typing import Any
 
-from updatelab.report.records import dig, load_records
+from updatelab.report.records import dig, records_for_script
 from updatelab.report.stats import paired_difference
 
 EXPERIMENT = "lora_train_seeds"
@@ -45,13 +44,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results-dir", default="results")
-    args = ap.parse_args(argv)
-    records, notes = load_records(args.results_dir, EXPERIMENT)
-    for n in notes:
-        print(f"note: {n}")
-    table = rows(records)
+    table = rows(records_for_script(EXPERIMENT, __doc__.splitlines()[0], argv))
     head = ["training seed", *[f"{s} %" for s in SPLITS], "closed_book general %",
             "general − closed_book pp [95% CI over questions]", "kept step / steps", "dev score by evaluation"]
     print("| " + " | ".join(head) + " |")

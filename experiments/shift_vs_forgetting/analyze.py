@@ -9,7 +9,6 @@ with each loss over the points, with its exact permutation p-value (every orderi
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from updatelab.report.records import dig, load_records
+from updatelab.report.records import dig, records_for_script
 from updatelab.report.stats import paired_difference
 
 EXPERIMENT = "shift_vs_forgetting"
@@ -66,13 +65,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results-dir", default="results")
-    args = ap.parse_args(argv)
-    records, notes = load_records(args.results_dir, EXPERIMENT)
-    for n in notes:
-        print(f"note: {n}")
-    table = rows(records)
+    table = rows(records_for_script(EXPERIMENT, __doc__.splitlines()[0], argv))
     head = ["r", "lr", "replay", "steps trained / kept (dev)", "updated %", "general loss pp [95% CI]",
             "unchanged loss pp [95% CI]", *[m[0] for m in MEASURES]]
     print("| " + " | ".join(head) + " |")

@@ -87,6 +87,20 @@ def load_records(results_dir: str | Path, experiment: str) -> tuple[list[dict[st
     return records, notes
 
 
+def records_for_script(experiment: str, description: str, argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """An analysis script's records: ``--results-dir`` (default ``results``) parsed from argv, the
+    experiment's records loaded, each note about a skipped file printed first."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--results-dir", default="results")
+    args = ap.parse_args(argv)
+    records, notes = load_records(args.results_dir, experiment)
+    for n in notes:
+        print(f"note: {n}")
+    return records
+
+
 def _unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, v in flat.items():

@@ -35,7 +35,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 from pathlib import Path
@@ -270,13 +269,7 @@ def main() -> None:
     skipped = {m: why for m in ("ckatorch_diag", "ckatorch_cross") if why and m in methods}
     methods = [m for m in methods if m not in skipped]
 
-    machine = {
-        **bl.machine_info(args.threads),
-        # the keys cka_report.py renders
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "ckatorch": bl._version("ckatorch"),
-    }
+    machine = {**bl.machine_info(args.threads), "ckatorch": bl._version("ckatorch")}
     params = {k: getattr(args, k) for k in WORKER_PARAMS}
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     slow = {"ckatorch_cross"}

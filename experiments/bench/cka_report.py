@@ -112,8 +112,7 @@ def markdown(report: dict) -> str:
                      f"(median {secs:.3f} s)" + (" — quick sizes: the target applies to the full size only" if quick else ""))
     lines.append("")
     mach = report.get("machine", {})
-    lines.append(f"Machine: {mach.get('cpu_count')} cores ({mach.get('processor')}), torch {mach.get('torch')}, "
-                 f"{mach.get('torch_threads')} torch threads, ckatorch {mach.get('ckatorch')}. Command: "
+    lines.append(f"Machine: {bl.machine_line(mach)}, ckatorch {mach.get('ckatorch')}. Command: "
                  f"`{report.get('command', 'python experiments/bench/bench_cka.py')}`.")
     return "\n".join(lines)
 

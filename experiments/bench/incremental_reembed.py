@@ -13,8 +13,9 @@ Sides, per fraction, alternated (inc, full, full, inc, ...):
                + `build_index(vectors, flat)`: embeds only texts whose hash is not known
   full         `embed_documents(embedder, None, new_texts)` (nothing known: every text) + `build_index`
 
-Goal: incremental(f) <= 1.2 x f x full + overhead, overhead = the measured 0%-changed time
-(hashing, lookups, stacking, index build). One changed document is timed too (no goal): the
+Goal: incremental(f) <= 1.2 x f x full + overhead, full = the median of every point's full runs
+(the same work at each point), overhead = the measured 0%-changed time (hashing, lookups,
+stacking, index build). One changed document is timed too (no goal): the
 floor of a single embed call (tokenizer, one small forward), which the 0% overhead does not hold.
 
 Both sides share one fresh worker process (one model load): neither keeps state between calls
@@ -137,14 +138,17 @@ def run(args: argparse.Namespace) -> dict:
         per[key]["goal_applies"] = key not in ("0%", "1 doc")
         if r["n_changed"] == 0:
             overhead = per[key]["incremental_s"]["median"]
+    # Every point's full side is the same work (all documents of the new KB + the index), so the
+    # bounds scale the median of all its runs, not of the point's own few.
+    full_all = bl.summarize([x["wall_s"] for r in out["fractions"].values() for x in r["runs"]["full"]])
     goals = {}
     for key, v in per.items():
         if not v["goal_applies"]:
             continue
-        bound = SLACK * v["fraction"] * v["full_s"]["median"] + overhead
+        bound = SLACK * v["fraction"] * full_all["median"] + overhead
         v["bound_s"] = bound
         goals[key] = bl.goal_verdict(v["incremental_s"]["median"], bound, higher_is_better=False)
-        v["ideal_s"] = v["fraction"] * v["full_s"]["median"] + overhead  # linear in changed docs, same overhead
+        v["ideal_s"] = v["fraction"] * full_all["median"] + overhead  # linear in changed docs, same overhead
     for r in out["fractions"].values():
         for s in r["runs"].values():
             for x in s:
@@ -154,23 +158,27 @@ def run(args: argparse.Namespace) -> dict:
         "config": {"docs": n_docs, "fractions": fractions, "points": points, "repeats": repeats, "embedder": emb_cfg, "index": "flat",
                    "slack": SLACK},
         "overhead_s": overhead,
+        "full_s_all_points": full_all,
         "contamination": bl.contamination([x for r in out["fractions"].values() for s in r["runs"].values() for x in s]),
         "fractions": per,
         "goal": goals,
         "runs": {k: r["runs"] for k, r in out["fractions"].items()},
         "notes": {"timing": "embed_documents + build_index, both sides in one fresh worker process after a warm-up; "
                             "pairs alternated; ratio per pair",
-                  "goal": f"incremental <= {SLACK} x fraction x full + overhead, overhead = median incremental time "
-                          "at 0% changed"},
+                  "goal": f"incremental <= {SLACK} x fraction x full + overhead, full = median of every point's "
+                          "full runs (the same work at each point), overhead = median incremental time at 0% changed"},
     }
 
 
 def markdown(report: dict) -> str:
     c = report["config"]
+    full = report.get("full_s_all_points")  # absent in runs before the bounds pooled the full runs
+    pooled = f"Full re-embed, median of all points' runs (the same work at each) = {full['median']:.3f} s. " if full else ""
     lines = [f"## Incremental re-embed vs full re-embed (+ flat index rebuild){' (QUICK)' if report['quick'] else ''}", "",
              f"{c['docs']} synthetic KB documents, a seeded random fraction changed, {c['repeats']} alternated "
              f"repeats. Fixed overhead (0% changed: hashing, lookups, index build) = {1000 * report['overhead_s']:.1f} ms. "
-             f"Goal: incremental ≤ {c['slack']} × fraction × full + overhead. '1 doc' (no goal) is the floor of one embed call.", ""]
+             f"{pooled}Goal: incremental ≤ {c['slack']} × fraction × full + overhead. '1 doc' (no goal) is the floor of "
+             "one embed call.", ""]
     rows = []
     for key, v in report["fractions"].items():
         g = report["goal"].get(key)

@@ -32,6 +32,7 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "
 DATA_SOURCES = ("synthetic", "local", "hub", "counterfact", "zsre", "tofu")
 AUTOCAST = ("auto", "bfloat16", "float32")
 DTYPES = ("float32", "bfloat16", "float16")
+EMBEDDER_RUNTIMES = ("torch", "openvino")  # updatelab.retrieval.embedder: who runs the forward pass
 TUNING_SOURCES = ("inject_qa", "train_qa")  # embedder_ft's training wordings (retrieval/embedder_tuning.py)
 
 
@@ -91,7 +92,7 @@ class EmbedderConfig:
     max_length: int = check(ge=1)
     batch_size: int = check(ge=1)
     autocast: str = check(choices=AUTOCAST)
-    runtime: str = check(choices=("torch", "openvino"))
+    runtime: str = check(choices=EMBEDDER_RUNTIMES)
     normalize: bool = MISSING
     query_prefix: str = MISSING
     doc_prefix: str = MISSING

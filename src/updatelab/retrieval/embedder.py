@@ -24,12 +24,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from updatelab.config_schema import EMBEDDER_RUNTIMES as RUNTIMES
 from updatelab.models.batching import mean_pool, pad_batch
 from updatelab.models.lm import autocast_context
 from updatelab.progress import steps
 from updatelab.retrieval import openvino_runtime
-
-RUNTIMES = ("torch", "openvino")
 
 
 def text_hash(text: str) -> str:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 INSTALL_HINT = "embedder.runtime=openvino needs the openvino package: pip install 'updatelab[openvino]'"
-_HINTS = {"bfloat16": "bf16", "float32": "f32", None: "f32", "none": "f32", "fp32": "f32"}
 _compiled: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, int], Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -48,7 +47,7 @@ class LastHidden(torch.nn.Module):
 def _infer_request(model: torch.nn.Module, precision: str | None):
     import openvino as ov
 
-    hint, threads = _HINTS.get(precision, "f32"), torch.get_num_threads()
+    hint, threads = ("bf16" if precision == "bfloat16" else "f32"), torch.get_num_threads()
     per_model = _compiled.setdefault(model, {})
     if (hint, threads) not in per_model:
         example = (torch.ones(2, 8, dtype=torch.long), torch.ones(2, 8, dtype=torch.long))

@@ -71,16 +71,6 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    m = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
-    flags = set(m.group(1).split()) if m else set()
-    return sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma") if f in flags)
-
-
 def _version(dist: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -101,7 +91,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "cores_usable": default_threads(),
         "cpu_model": hardware.cpu_model(),
         "cpu_generation": hardware.cpu_generation(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "fma")
+                            if f in hardware.cpu_flags()),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -48,30 +48,8 @@ REFERENCE = "st"
 OV_PRECISION = {"ov_f32": "float32", "ov_bf16": "bfloat16"}  # embedder.runtime=openvino at this precision
 
 
-def _numpy_encoder(run_batch, tokenizer, batch_size: int, max_length: int, dim: int):
-    """Our batching (length-sorted) and pooling (masked mean, L2) around a runtime's forward pass."""
-    import numpy as np
-
-    def encode(texts):
-        enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
-        out = np.zeros((len(texts), dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(enc[i]) for i in batch)
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for row, i in enumerate(batch):
-                ids[row, : len(enc[i])], mask[row, : len(enc[i])] = enc[i], 1
-            hidden = run_batch(ids, mask)
-            vec = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-            out[batch] = vec / np.linalg.norm(vec, axis=1, keepdims=True)
-        return out
-
-    return encode
-
-
 def _ort_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length: int, work: Path, int8: bool):
+    import numpy as np
     import onnxruntime as ort
     import torch
     from transformers import AutoModel
@@ -94,8 +72,24 @@ def _ort_encoder(path: str, tokenizer, threads: int, batch_size: int, max_length
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    run_batch = lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]  # noqa: E731
-    return _numpy_encoder(run_batch, tokenizer, batch_size, max_length, model.model.config.hidden_size)
+
+    def encode(texts):
+        enc = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
+        out = np.zeros((len(texts), session.get_outputs()[0].shape[-1] or 384), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(enc[i]) for i in batch)
+            ids = np.zeros((len(batch), width), dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for row, i in enumerate(batch):
+                ids[row, : len(enc[i])], mask[row, : len(enc[i])] = enc[i], 1
+            hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            vec = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            out[batch] = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+        return out
+
+    return encode
 
 
 def worker(side: str, p: dict) -> dict:
@@ -156,11 +150,11 @@ def _available(side: str) -> str | None:
             import onnxruntime  # noqa: F401
         except ImportError as e:
             return f"not installed ({e.name}): pip install onnxruntime onnx"
-    if side.startswith("ov_"):
-        try:
-            import openvino  # noqa: F401
-        except ImportError as e:
-            return f"not installed ({e.name}): pip install openvino"
+    if side in OV_PRECISION:
+        from updatelab.retrieval import openvino_runtime
+
+        if not openvino_runtime.available():
+            return f"not installed: {openvino_runtime.INSTALL_HINT}"
     return None
 
 

@@ -102,6 +102,11 @@ def cpu_model() -> str:
     return _cpuinfo()[0]
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's flags (/proc/cpuinfo), empty where there is none."""
+    return _cpuinfo()[1]
+
+
 def cpu_generation() -> str:
     """x86 family and model numbers ("family 26 model 2"), or "" where /proc/cpuinfo has none."""
     return _cpuinfo()[2]
